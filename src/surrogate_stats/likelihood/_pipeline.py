@@ -1,0 +1,188 @@
+"""End-to-end: workspace + patch -> exact labels -> trained surrogate -> artifact; validation."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from surrogate_stats._optional import optional_import
+from surrogate_stats.errors import InvalidInput
+from surrogate_stats.likelihood._export import save_surrogate
+from surrogate_stats.likelihood._labels import LabelConfig, generate_labels
+from surrogate_stats.likelihood._train import SurrogateConfig, fit_surrogate
+from surrogate_stats.likelihood._workspace import SignalWorkspace
+
+__all__ = ["train", "validate", "versions"]
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for mod in ("surrogate_stats", "pyhf", "jax", "optax", "onnx", "onnxruntime", "numpy",
+                "scipy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def train(workspace: SignalWorkspace, out: str | Path, *, seed: int = 0,
+          labels: LabelConfig = LabelConfig(), config: SurrogateConfig = SurrogateConfig(),
+          progress: bool = True, log=None) -> tuple:
+    """Compute exact labels, fit the surrogate, save the artifact in ``out``.
+
+    Returns:
+        ``(surrogate, metadata)`` of the saved artifact.
+    """
+    jax = optional_import("jax")
+    if not isinstance(seed, int) or seed < 0:
+        raise InvalidInput(f"seed must be a non-negative integer; got {seed!r}")
+    t0 = time.perf_counter()
+    lab = generate_labels(workspace, config=labels, progress=progress, log=log)
+    t1 = time.perf_counter()
+    surrogate, metrics = fit_surrogate(jax.random.key(seed), lab, config=config,
+                                       progress=progress)
+    t2 = time.perf_counter()
+    meta = {
+        "poi": {"name": lab.poi, "bounds_workspace": list(lab.poi_bounds_workspace),
+                "bounds_used": list(lab.poi_bounds_used),
+                "bounds_widened": lab.poi_bounds_used[1] > lab.poi_bounds_workspace[1]},
+        "provenance": {**workspace.provenance, "seed": seed, "versions": versions(),
+                       "label_config": labels.__dict__, "surrogate_config": config.as_dict(),
+                       "exact_fits": f"pyhf {labels.backend} backend, scipy SLSQP, "
+                                     "tolerance 1e-10, restart-checked"},
+        "labels": lab.summary(),
+        "training": {"metrics": metrics, "label_seconds": round(t1 - t0, 2),
+                     "train_seconds": round(t2 - t1, 2)},
+        "validation": {},
+    }
+    save_surrogate(surrogate, out, metadata=meta)
+    return surrogate, meta
+
+
+def _time_call(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def validate(surrogate, workspace: SignalWorkspace, *, n_points: int = 24, seed: int = 12345,
+             n_jobs: int = 2, plot: str | Path | None = None, progress: bool = True,
+             log=None) -> dict:
+    """Compare a surrogate with fresh exact pyhf computations on the same signal point.
+
+    -2 ln lambda is recomputed at ``n_points`` random mu per data set (not label points) with
+    the label engine; upper limits with ``pyhf.infer.intervals.upper_limits.upper_limit``
+    (numpy backend, scipy SLSQP at tolerance 1e-10, POI bounds widened as in training);
+    ``speedup_single`` is one pyhf ``fixed_poi_fit`` over one surrogate ``nll`` call.
+    """
+    pyhf = optional_import("pyhf")
+    from surrogate_stats.likelihood._exact import numpy_backend
+    from surrogate_stats.likelihood._labels import DATASETS, _Runner
+
+    log = log or (lambda _msg: None)
+    tqdm = optional_import("tqdm.auto").tqdm
+    lo, hi = surrogate.domain
+    meta_poi = surrogate.metadata.get("poi", {})
+    bounds_used = tuple(meta_poi.get("bounds_used", (lo, hi)))
+    ws = workspace.with_poi_bounds(*bounds_used)
+    with numpy_backend():
+        model = ws.model()
+        obs = ws.observed_data(model)
+        asimov = pyhf.infer.calculators.generate_asimov_data(
+            0.0, obs, model, model.config.suggested_init(), model.config.suggested_bounds(),
+            model.config.suggested_fixed())
+    rng = np.random.default_rng(seed)
+    mus = np.sort(rng.uniform(lo, hi, n_points))
+    bar = tqdm(total=2 * (n_points + 1), desc="pyhf validation fits", unit="fit",
+               disable=not progress, leave=False)
+    runner = _Runner(ws.spec, {"observed": np.asarray(obs).tolist(),
+                               "expected": np.asarray(asimov).tolist()},
+                     bounds_used, n_jobs, "jax", bar)
+    try:
+        free = dict(zip(DATASETS, runner.map([(d, None, None) for d in DATASETS])))
+        jobs = [(d, [float(m) for m in mus], free[d].pars) for d in DATASETS]
+        res = runner.sweeps(jobs)
+    finally:
+        runner.close()
+        bar.close()
+    out: dict = {"n_points": n_points}
+    curves = {}
+    for j, d in enumerate(DATASETS):
+        rs = res[j * n_points:(j + 1) * n_points]
+        ok = [(m, r.nll) for m, r in zip(mus, rs) if not isinstance(r, Exception)]
+        m_ok = np.array([m for m, _ in ok])
+        exact = 2.0 * (np.array([v for _, v in ok]) - min(free[d].nll, min(v for _, v in ok)))
+        pred = surrogate.tmu(m_ok, expected=d == "expected")
+        core = exact <= 9.0
+        key = "obs" if d == "observed" else "exp"
+        out[f"max_abs_dtmu_{key}"] = float(np.max(np.abs(pred - exact)[core]))
+        curves[d] = (m_ok, exact, pred)
+    log("computing pyhf's upper limits (numpy backend; slow on big workspaces)")
+    t = time.perf_counter()
+    with numpy_backend():
+        ul_obs, ul_exp = pyhf.infer.intervals.upper_limits.upper_limit(
+            obs, model, scan=None, level=0.05)
+        t_ul = time.perf_counter() - t
+        init = model.config.suggested_init()
+        fixed_time = _time_call(lambda: pyhf.infer.mle.fixed_poi_fit(
+            1.0 if hi > 1 else 0.5 * hi, obs, model, init_pars=init, return_fitted_val=True), 5)
+    s_ul_obs, s_ul_exp = surrogate.upper_limit()
+    mu1 = 0.5 * (lo + hi)
+    surrogate.nll(mu1)
+    single = _time_call(lambda: surrogate.nll(mu1), 2001)
+    out.update({
+        "ul_obs": s_ul_obs, "ul_obs_pyhf": float(ul_obs),
+        "ul_exp": s_ul_exp, "ul_exp_pyhf": [float(x) for x in ul_exp],
+        "ul_obs_rel_diff": s_ul_obs / float(ul_obs) - 1.0,
+        "ul_exp_rel_diff": [a / float(b) - 1.0 for a, b in zip(s_ul_exp, ul_exp)],
+        "pyhf_upper_limit_seconds": round(t_ul, 2),
+        "pyhf_fixed_poi_fit_seconds": fixed_time,
+        "surrogate_nll_seconds": single,
+        "speedup_single": fixed_time / single,
+    })
+    if plot is not None:
+        _plot(curves, out, plot)
+    return out
+
+
+def _plot(curves, metrics, path):
+    optional_import("matplotlib").use("Agg")
+    plt = optional_import("matplotlib.pyplot")
+    fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.0), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1]})
+    for d, color in (("observed", "k"), ("expected", "tab:blue")):
+        m, exact, pred = curves[d]
+        grid = np.linspace(m.min(), m.max(), 400)
+        axes[0].plot(m, exact, "o", color=color, ms=4, label=f"pyhf ({d})")
+        axes[0].plot(m, pred, "-", color=color, lw=1, label=f"surrogate ({d})")
+        axes[1].plot(m, pred - exact, "o-", color=color, ms=3)
+        del grid
+    axes[0].axhline(3.84, color="grey", ls=":", lw=1)
+    axes[0].set_ylim(0, 12)
+    axes[0].set_ylabel(r"$-2\ln\lambda(\mu)$")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"UL obs: surrogate {metrics['ul_obs']:.4g}, pyhf {metrics['ul_obs_pyhf']:.4g}",
+                      fontsize=9)
+    axes[1].axhline(0, color="grey", lw=1)
+    axes[1].set_ylabel("surrogate - pyhf")
+    axes[1].set_xlabel(r"$\mu$")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def record_validation(directory, metrics: dict) -> None:
+    """Store validation metrics in an artifact's metadata (rewritten atomically, re-hashed)."""
+    from surrogate_stats.artifact._format import read_artifact, write_artifact
+
+    meta, graphs, arrays = read_artifact(directory)
+    meta["validation"] = json.loads(json.dumps(metrics))
+    write_artifact(directory, meta, graphs, arrays)

@@ -1,0 +1,250 @@
+"""The profiled-likelihood surrogate: evaluation with numpy (+ onnxruntime for big batches).
+
+Nothing here imports jax, pyhf or scipy: a published surrogate needs numpy and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from surrogate_stats._asymptotics import cls_values
+from surrogate_stats.errors import (
+    ExtrapolationError,
+    ExtrapolationWarning,
+    InvalidInput,
+    SurrogateStatsError,
+)
+
+__all__ = ["MLPWeights", "ProfileLikelihoodSurrogate", "DATASETS"]
+
+DATASETS = ("observed", "expected")
+ONNX_MIN_BATCH = 4096  # from this many points on, the ONNX graph is faster than numpy
+
+
+@dataclass(frozen=True)
+class MLPWeights:
+    """One data set's network: -2 ln lambda ~ a (mu - m)^2 + scale * MLP(x) - F(mu_hat).
+
+    ``layers`` are (W, b) pairs with W of shape (n_in, n_out); hidden layers use tanh.
+    """
+
+    layers: list
+    a: float
+    m: float
+    scale: float
+
+
+class ProfileLikelihoodSurrogate:
+    """Profiled likelihood of one signal point, as learnt from pyhf, for mu in ``domain``.
+
+    ``nll`` uses pyhf's normalisation (``twice_nll / 2``); ``tmu`` is -2 ln lambda(mu) =
+    2 (nll(mu) - nll(mu_hat)) with mu_hat bounded below by the domain's lower end (pyhf's
+    qtilde convention). ``expected=True`` selects pyhf's Asimov data for expected limits
+    (background-only fit to the observed data, mu = 0).
+
+    A scalar mu returns a float, an array an array of the same shape. Outside ``domain`` an
+    :class:`ExtrapolationWarning` is issued (``on_extrapolation="warn"``), or an
+    :class:`ExtrapolationError` raised (``"raise"``), or nothing (``"ignore"``).
+
+    Example:
+        >>> s = load_surrogate("onnx_models/3L_eRJR_ERJR_500p0_0p0")   # doctest: +SKIP
+        >>> s.tmu(1.0), s.upper_limit()                                # doctest: +SKIP
+    """
+
+    kind = "profile_likelihood"
+
+    def __init__(self, weights: dict, *, domain, mu_hat: dict, nll_min: dict,
+                 on_extrapolation: str = "warn", session=None, metadata: dict | None = None):
+        if on_extrapolation not in ("warn", "raise", "ignore"):
+            raise InvalidInput(f"on_extrapolation must be 'warn', 'raise' or 'ignore'; got "
+                               f"{on_extrapolation!r}")
+        self._weights = weights
+        self._domain = (float(domain[0]), float(domain[1]))
+        self._center = 0.5 * (self._domain[0] + self._domain[1])
+        self._inv_half = 2.0 / (self._domain[1] - self._domain[0])
+        self._mu_hat = {d: float(mu_hat[d]) for d in DATASETS}
+        self._nll_min = {d: float(nll_min[d]) for d in DATASETS}
+        self.on_extrapolation = on_extrapolation
+        self._session = session
+        self.metadata = metadata or {}
+        # fast path: per data set, first layer as vectors, the rest as contiguous matrices
+        self._fast = {}
+        for d in DATASETS:
+            w = weights[d]
+            first_w, first_b = w.layers[0]
+            self._fast[d] = (np.ascontiguousarray(first_w[0]), np.ascontiguousarray(first_b),
+                             [(np.ascontiguousarray(a), np.ascontiguousarray(b))
+                              for a, b in w.layers[1:-1]],
+                             np.ascontiguousarray(w.layers[-1][0][:, 0]),
+                             float(w.layers[-1][1][0]), w.a, w.m, w.scale)
+        self._f_hat = {d: 0.0 for d in DATASETS}
+        self._f_hat = {d: self._raw_scalar(self._mu_hat[d], d) for d in DATASETS}
+
+    @classmethod
+    def from_parts(cls, weights, *, domain, mu_hat, nll_min, **kwargs):
+        return cls(weights, domain=domain, mu_hat=mu_hat, nll_min=nll_min, **kwargs)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def domain(self) -> tuple[float, float]:
+        """(mu_min, mu_max) the surrogate was trained on."""
+        return self._domain
+
+    @property
+    def mu_hat(self) -> float:
+        """Best-fit mu on the observed data (bounded below by ``domain[0]``)."""
+        return self._mu_hat["observed"]
+
+    @property
+    def mu_hat_expected(self) -> float:
+        """Best-fit mu on the Asimov data (0 up to fit precision)."""
+        return self._mu_hat["expected"]
+
+    @property
+    def nll_min(self) -> float:
+        """Unconditional minimum of the NLL on the observed data (pyhf's twice_nll / 2)."""
+        return self._nll_min["observed"]
+
+    @property
+    def parameter_domain(self) -> dict:
+        return {"mu": self._domain}
+
+    def export_arrays(self) -> dict:
+        """The network and its normalisation as named float64 arrays (for saving)."""
+        out = {"domain": np.array(self._domain), "mu_hat": np.array([self._mu_hat[d] for d in DATASETS]),
+               "nll_min": np.array([self._nll_min[d] for d in DATASETS]),
+               "f_hat": np.array([self._f_hat[d] for d in DATASETS])}
+        for d in DATASETS:
+            w = self._weights[d]
+            out[f"{d}/prior"] = np.array([w.a, w.m, w.scale])
+            for i, (a, b) in enumerate(w.layers):
+                out[f"{d}/W{i}"] = np.asarray(a, dtype=float)
+                out[f"{d}/b{i}"] = np.asarray(b, dtype=float)
+        return out
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _raw_scalar(self, mu: float, d: str) -> float:
+        w0, b0, hidden, wl, bl, a, m, scale = self._fast[d]
+        h = np.tanh(w0 * ((mu - self._center) * self._inv_half) + b0)
+        for w, b in hidden:
+            h = np.tanh(h @ w + b)
+        return a * (mu - m) ** 2 + scale * (float(h @ wl) + bl) - self._f_hat[d]
+
+    def _raw_array(self, mu: np.ndarray, d: str) -> np.ndarray:
+        if self._session is not None and mu.size >= ONNX_MIN_BATCH:
+            tmu = self._session.run(["tmu"], {"mu": mu.reshape(-1)})[0]
+            return tmu[:, DATASETS.index(d)].reshape(mu.shape)
+        w0, b0, hidden, wl, bl, a, m, scale = self._fast[d]
+        flat = mu.reshape(-1)
+        h = np.tanh(np.multiply.outer((flat - self._center) * self._inv_half, w0) + b0)
+        for w, b in hidden:
+            h = np.tanh(h @ w + b)
+        out = a * (flat - m) ** 2 + scale * (h @ wl + bl) - self._f_hat[d]
+        return np.maximum(out, 0.0).reshape(mu.shape)
+
+    def _check_domain(self, lo: float, hi: float) -> None:
+        if lo < self._domain[0] or hi > self._domain[1]:
+            msg = (f"mu in [{lo:g}, {hi:g}] is outside the trained domain "
+                   f"[{self._domain[0]:g}, {self._domain[1]:g}]; the surrogate is extrapolating")
+            if self.on_extrapolation == "raise":
+                raise ExtrapolationError(msg + " (on_extrapolation='raise')")
+            if self.on_extrapolation == "warn":
+                warnings.warn(msg, ExtrapolationWarning, stacklevel=3)
+
+    def tmu(self, mu, *, expected: bool = False):
+        """-2 ln lambda(mu) = 2 (nll(mu) - nll(mu_hat)), >= 0."""
+        d = "expected" if expected else "observed"
+        if isinstance(mu, numbers.Real) and not isinstance(mu, bool):
+            mu = float(mu)
+            if not math.isfinite(mu):
+                raise InvalidInput(f"mu must be finite; got {mu}")
+            if not self._domain[0] <= mu <= self._domain[1]:
+                self._check_domain(mu, mu)
+            return max(self._raw_scalar(mu, d), 0.0)
+        arr = _as_mu_array(mu)
+        if arr.size:
+            self._check_domain(float(arr.min()), float(arr.max()))
+        return self._raw_array(arr, d)
+
+    def nll(self, mu, *, expected: bool = False):
+        """-ln L(mu, profiled nuisances), with pyhf's normalisation (twice_nll / 2)."""
+        d = "expected" if expected else "observed"
+        return self._nll_min[d] + 0.5 * self.tmu(mu, expected=expected)
+
+    def cls(self, mu, *, test_stat: str = "qtilde"):
+        """Asymptotic CLs at ``mu``: (observed, [5 expected]) as pyhf's hypotest gives them."""
+        mu_arr = _as_mu_array(mu)
+        if np.any(mu_arr < 0):
+            raise InvalidInput(f"CLs needs mu >= 0; got {mu_arr.min():g}")
+        q_obs = np.where(self._mu_hat["observed"] > mu_arr, 0.0, self.tmu(mu_arr))
+        q_exp = np.where(self._mu_hat["expected"] > mu_arr, 0.0, self.tmu(mu_arr, expected=True))
+        cls_obs, _, _, cls_exp = cls_values(q_obs, q_exp, test_stat)
+        if np.ndim(mu) == 0:
+            return float(cls_obs), [float(c) for c in cls_exp]
+        return cls_obs, cls_exp
+
+    def upper_limit(self, level: float = 0.05, *, test_stat: str = "qtilde"):
+        """Asymptotic CLs upper limits: ``(observed, [expected -2s, -1s, median, +1s, +2s])``.
+
+        Same conventions as ``pyhf.infer.intervals.upper_limits.upper_limit`` (qtilde, root
+        finding): each limit is the mu where that CLs curve crosses ``level``, found on a scan
+        of the domain and refined by bisection.
+        """
+        if not (isinstance(level, numbers.Real) and 0.0 < float(level) < 1.0):
+            raise InvalidInput(f"level must be in (0, 1); got {level!r}")
+        if test_stat not in ("qtilde", "q"):
+            raise InvalidInput(f"test_stat must be 'qtilde' or 'q'; got {test_stat!r}")
+        lo, hi = max(self._domain[0], 0.0), self._domain[1]
+        grid = np.linspace(lo, hi, 201)[1:]
+
+        def curves(mus):  # shape (6, n): observed then the 5 expected
+            o, e = self.cls(mus, test_stat=test_stat)
+            return np.vstack([o[None, :], e]) - level
+
+        values = curves(grid)
+        below = values < 0
+        if not below.any(axis=1).all():
+            raise SurrogateStatsError(
+                f"CLs stays above {level} up to mu={hi:g}, the end of the trained domain; "
+                "retrain with a larger tmu_target")
+        first = below.argmax(axis=1)
+        a = np.where(first > 0, grid[np.maximum(first - 1, 0)], lo)
+        b = grid[first]
+        for _ in range(48):
+            mid = 0.5 * (a + b)
+            v = _curves_at(curves, mid)
+            neg = v < 0
+            b = np.where(neg, mid, b)
+            a = np.where(neg, a, mid)
+            if np.all(b - a <= 1e-10 * b):
+                break
+        limits = 0.5 * (a + b)
+        return float(limits[0]), [float(x) for x in limits[1:]]
+
+    def __repr__(self) -> str:
+        name = self.metadata.get("name") or "in-memory"
+        return (f"ProfileLikelihoodSurrogate({name!r}, domain={self._domain}, "
+                f"mu_hat={self.mu_hat:.4g})")
+
+
+def _curves_at(curves, mus):
+    """Evaluate curve i at mus[i] (one batched call for all six curves)."""
+    v = curves(mus)
+    return v[np.arange(mus.size), np.arange(mus.size)]
+
+
+def _as_mu_array(mu) -> np.ndarray:
+    try:
+        arr = np.asarray(mu, dtype=float)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"mu must be a real number or an array of them; got "
+                           f"{type(mu).__name__}") from None
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInput("mu must be finite; got NaN or inf at "
+                           f"{np.argwhere(~np.isfinite(arr)).ravel().tolist()[:10]}")
+    return arr

@@ -1,0 +1,165 @@
+"""The shared training loop: optax, full-batch or mini-batch, validation split, early stopping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from surrogate_stats._optional import optional_import
+from surrogate_stats.errors import InvalidInput
+
+__all__ = ["TrainConfig", "TrainHistory", "fit", "split_indices"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`fit` (all JSON-able).
+
+    Attributes:
+        learning_rate: peak Adam learning rate (warm-up, then cosine decay to 1e-3 of it).
+        steps: maximum number of optimiser steps.
+        chunk: steps per validation check (and progress-bar update).
+        patience: stop after this many checks without a better validation loss.
+        polish_steps: L-BFGS steps after Adam, kept only if they lower the validation loss.
+    """
+
+    learning_rate: float = 5e-3
+    steps: int = 20000
+    chunk: int = 250
+    patience: int = 16
+    polish_steps: int = 400
+
+    def __post_init__(self):
+        for name in ("steps", "chunk", "patience"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise InvalidInput(f"learning_rate must be positive; got {self.learning_rate}")
+
+
+@dataclass
+class TrainHistory:
+    """Losses per validation check; ``best_step`` is where the returned parameters come from."""
+
+    train_loss: list
+    val_loss: list
+    best_step: int
+    stopped_early: bool
+    polished: bool = False
+
+    def as_dict(self) -> dict:
+        return {"best_step": self.best_step, "stopped_early": self.stopped_early,
+                "polished": self.polished,
+                "final_train_loss": self.train_loss[-1] if self.train_loss else None,
+                "best_val_loss": min(self.val_loss) if self.val_loss else None}
+
+
+def split_indices(key, n: int, val_fraction: float, *, keep_train=()) -> tuple[np.ndarray, ...]:
+    """Random train/validation index split; indices in ``keep_train`` always go to training."""
+    jax = optional_import("jax")
+    perm = np.asarray(jax.random.permutation(key, n))
+    keep = set(int(i) for i in keep_train)
+    candidates = [int(i) for i in perm if int(i) not in keep]
+    n_val = int(round(val_fraction * n))
+    val = np.sort(np.array(candidates[:n_val], dtype=int))
+    train = np.sort(np.array([i for i in range(n) if i not in set(val.tolist())], dtype=int))
+    return train, val
+
+
+def fit(
+    key,
+    params: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    train_data: Any,
+    val_data: Any,
+    *,
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+    desc: str = "training",
+) -> tuple[Any, TrainHistory]:
+    """Minimise ``loss_fn(params, data)`` with Adam, keeping the parameters best on validation.
+
+    Full-batch: ``train_data`` and ``val_data`` are pytrees of arrays passed whole to
+    ``loss_fn``. Steps run in jitted chunks of ``config.chunk``; after each the validation loss
+    is checked and training stops after ``config.patience`` checks without improvement. An
+    optional L-BFGS polish follows. Deterministic for a given key and data on one machine.
+
+    Returns:
+        The best parameters and a :class:`TrainHistory`.
+    """
+    jax = optional_import("jax")
+    optax = optional_import("optax")
+    tqdm = optional_import("tqdm.auto").tqdm
+    del key  # full-batch Adam is deterministic; the key is kept for a uniform signature
+
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, min(500, config.steps // 10 + 1), config.steps,
+        config.learning_rate * 1e-3)
+    opt = optax.adam(schedule)
+    state = opt.init(params)
+
+    @jax.jit
+    def run_chunk(params, state):
+        def step(carry, _):
+            p, s = carry
+            loss, grads = jax.value_and_grad(loss_fn)(p, train_data)
+            updates, s = opt.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), loss
+        (params, state), losses = jax.lax.scan(step, (params, state), None, length=config.chunk)
+        return params, state, losses[-1], loss_fn(params, val_data)
+
+    history = TrainHistory([], [], 0, False)
+    best, best_val, since = params, math.inf, 0
+    n_chunks = math.ceil(config.steps / config.chunk)
+    with tqdm(total=n_chunks, desc=desc, unit="chunk", disable=not progress, leave=False) as bar:
+        for i in range(n_chunks):
+            params, state, tl, vl = run_chunk(params, state)
+            tl, vl = float(tl), float(vl)
+            history.train_loss.append(tl)
+            history.val_loss.append(vl)
+            bar.update(1)
+            bar.set_postfix(train=f"{tl:.3g}", val=f"{vl:.3g}")
+            if not math.isfinite(tl):
+                break
+            if vl < best_val * (1 - 1e-4):
+                best, best_val, since = params, vl, 0
+                history.best_step = (i + 1) * config.chunk
+            else:
+                since += 1
+                if since >= config.patience:
+                    history.stopped_early = True
+                    break
+
+    if config.polish_steps > 0:
+        polished = _lbfgs(best, loss_fn, train_data, config.polish_steps)
+        if float(loss_fn(polished, val_data)) < best_val:
+            best, history.polished = polished, True
+            history.val_loss.append(float(loss_fn(polished, val_data)))
+            history.train_loss.append(float(loss_fn(polished, train_data)))
+    return best, history
+
+
+def _lbfgs(params, loss_fn, data, steps):
+    jax = optional_import("jax")
+    optax = optional_import("optax")
+    opt = optax.lbfgs()
+    value_fn = lambda p: loss_fn(p, data)  # noqa: E731
+    value_and_grad = optax.value_and_grad_from_state(value_fn)
+
+    @jax.jit
+    def run(params):
+        def step(carry, _):
+            p, s = carry
+            value, grad = value_and_grad(p, state=s)
+            updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=value_fn)
+            return (optax.apply_updates(p, updates), s), value
+        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+        return params
+
+    out = run(params)
+    ok = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(out))
+    return out if ok else params
