@@ -120,7 +120,12 @@ def write_artifact(directory: str | Path, metadata: dict, graphs: dict[str, byte
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{os.getpid()}"
             os.rename(directory, old)
-        os.rename(tmp, directory)
+        try:
+            os.rename(tmp, directory)
+        except BaseException:
+            if old is not None:  # put the previous artifact back
+                os.rename(old, directory)
+            raise
         _fsync_dir(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

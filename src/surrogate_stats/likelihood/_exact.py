@@ -158,3 +158,44 @@ class ExactFitter:
         what = "free fit" if mu is None else f"fit at mu={mu:g}"
         raise FitFailure(f"{what} on the {data} data did not converge after {len(errors)} "
                          f"attempts ({'; '.join(errors)})")
+
+
+def pyhf_upper_limit(spec: dict, *, level: float = 0.05, backend: str = "jax",
+                     rtol: float = 1e-4, atol: float = 2e-12) -> tuple[float, list[float]]:
+    """pyhf's asymptotic qtilde CLs upper limit, ``(observed, [5 expected])``.
+
+    The algorithm of ``pyhf.infer.intervals.upper_limits.toms748_scan`` (hypotest with the
+    expected set, brackets from the workspace's POI bounds, scipy's toms748 per curve with the
+    same tolerances), with its cache keyed by float so that it also runs on the JAX backend
+    (pyhf's own crashes there: pyhf issue 2466). Run it in a worker process when
+    ``backend="jax"`` (see :func:`pyhf_backend`).
+    """
+    pyhf = optional_import("pyhf")
+    toms748 = optional_import("scipy.optimize").toms748
+    with pyhf_backend(backend):
+        ws = pyhf.Workspace(spec)
+        model = ws.model()
+        data = pyhf.tensorlib.astensor(ws.data(model))
+        cache: dict[float, np.ndarray] = {}
+
+        def values(mu):
+            mu = float(mu)
+            if mu not in cache:
+                obs, exp = pyhf.infer.hypotest(mu, data, model, return_expected_set=True)
+                cache[mu] = np.array([float(obs)] + [float(e) for e in exp])
+            return cache[mu]
+
+        lo, hi = (float(b) for b in model.config.suggested_bounds()[model.config.poi_index])
+        while np.any(values(lo) < level):
+            lo /= 2
+        while np.any(values(hi) > level):
+            hi *= 2
+
+        def bracket(i):
+            pois = np.array(sorted(cache))
+            cls = np.array([cache[p][i] for p in pois]) - level
+            return float(np.max(pois[cls >= 0])), float(np.min(pois[cls < 0]))
+
+        limits = [toms748(lambda mu, i=i: values(mu)[i] - level, *bracket(i), k=2, xtol=atol,
+                          rtol=rtol) for i in range(6)]
+    return float(limits[0]), [float(x) for x in limits[1:]]

@@ -214,8 +214,9 @@ def _self_check(surrogate, session, meta):
         raise InvalidArtifact(f"model.onnx failed on the self-check inputs: {exc}") from None
     fast = np.array([[surrogate._raw_scalar(m, d) for d in DATASETS] for m in mus])
     fast = np.maximum(fast, 0.0)
+    fast_nll = np.array([surrogate._nll_min[d] for d in DATASETS]) + 0.5 * fast
     for label, got, want in (("ONNX tmu", got_tmu, want_tmu), ("ONNX nll", got_nll, want_nll),
-                             ("numpy tmu", fast, want_tmu)):
+                             ("numpy tmu", fast, want_tmu), ("numpy nll", fast_nll, want_nll)):
         if not np.allclose(got, want, rtol=SELF_CHECK_RTOL, atol=SELF_CHECK_RTOL):
             worst = float(np.max(np.abs(got - want)))
             raise InvalidArtifact(f"self-check failed: {label} differs from the values stored "

@@ -192,6 +192,20 @@ def _bend_scores(mu: np.ndarray, tmu: np.ndarray) -> np.ndarray:
     return bend * weight
 
 
+def _bumps(mu: np.ndarray, nll: np.ndarray, tol: float = 0.005) -> list[int]:
+    """Indices whose NLL lies more than ``tol`` above a spline through all the other points."""
+    interpolate = optional_import("scipy.interpolate")
+    out = []
+    for i in range(mu.size):
+        keep = np.arange(mu.size) != i
+        if keep.sum() < 4:
+            continue
+        predicted = interpolate.CubicSpline(mu[keep], nll[keep])(mu[i])
+        if nll[i] > predicted + tol:
+            out.append(i)
+    return out
+
+
 def generate_labels(
     workspace: SignalWorkspace,
     *,
@@ -340,11 +354,10 @@ def generate_labels(
             mus = np.array(sorted(points[d]))
             nll = np.array([points[d][m].nll for m in mus])
             redo = []
-            for i in range(1, mus.size - 1):
-                predicted = np.interp(mus[i], [mus[i - 1], mus[i + 1]], [nll[i - 1], nll[i + 1]])
-                if nll[i] > predicted + 0.01:  # a profiled NLL is convex-ish: a bump is a bad fit
-                    redo += [(d, float(mus[i]), points[d][mus[i - 1]].pars),
-                             (d, float(mus[i]), points[d][mus[i + 1]].pars)]
+            for i in _bumps(mus, nll):  # a fit stuck above the minimum sticks out of the curve
+                for j in (i - 1, i + 1):
+                    if 0 <= j < mus.size:
+                        redo.append((d, float(mus[i]), points[d][mus[j]].pars))
             if redo:
                 log(f"refitting {len(redo) // 2} points on the {d} data from their neighbours")
                 for (_, mu, _), r in zip(redo, runner.map(redo)):

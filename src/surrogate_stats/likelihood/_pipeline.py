@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import platform
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +82,13 @@ def validate(surrogate, workspace: SignalWorkspace, *, n_points: int = 24, seed:
     """Compare a surrogate with fresh exact pyhf computations on the same signal point.
 
     -2 ln lambda is recomputed at ``n_points`` random mu per data set (not label points) with
-    the label engine; upper limits with ``pyhf.infer.intervals.upper_limits.upper_limit``
-    (numpy backend, scipy SLSQP at tolerance 1e-10, POI bounds widened as in training);
+    the label engine; upper limits with pyhf's hypotest and toms748 root finding
+    (:func:`pyhf_upper_limit`: JAX backend, SLSQP at tolerance 1e-10, POI bounds widened as
+    in training);
     ``speedup_single`` is one pyhf ``fixed_poi_fit`` over one surrogate ``nll`` call.
     """
     pyhf = optional_import("pyhf")
-    from surrogate_stats.likelihood._exact import numpy_backend
+    from surrogate_stats.likelihood._exact import numpy_backend, pyhf_upper_limit
     from surrogate_stats.likelihood._labels import DATASETS, _Runner
 
     log = log or (lambda _msg: None)
@@ -125,12 +129,13 @@ def validate(surrogate, workspace: SignalWorkspace, *, n_points: int = 24, seed:
         key = "obs" if d == "observed" else "exp"
         out[f"max_abs_dtmu_{key}"] = float(np.max(np.abs(pred - exact)[core]))
         curves[d] = (m_ok, exact, pred)
-    log("computing pyhf's upper limits (numpy backend; slow on big workspaces)")
+    log("computing pyhf's upper limits (JAX backend, in a worker process)")
     t = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        ul_obs, ul_exp = pool.submit(pyhf_upper_limit, ws.spec).result()
+    t_ul = time.perf_counter() - t
     with numpy_backend():
-        ul_obs, ul_exp = pyhf.infer.intervals.upper_limits.upper_limit(
-            obs, model, scan=None, level=0.05)
-        t_ul = time.perf_counter() - t
         init = model.config.suggested_init()
         fixed_time = _time_call(lambda: pyhf.infer.mle.fixed_poi_fit(
             1.0 if hi > 1 else 0.5 * hi, obs, model, init_pars=init, return_fitted_val=True), 5)
@@ -149,29 +154,37 @@ def validate(surrogate, workspace: SignalWorkspace, *, n_points: int = 24, seed:
         "speedup_single": fixed_time / single,
     })
     if plot is not None:
-        _plot(curves, out, plot)
+        _plot(surrogate, curves, out, plot)
     return out
 
 
-def _plot(curves, metrics, path):
+def _plot(surrogate, curves, metrics, path):
     optional_import("matplotlib").use("Agg")
     plt = optional_import("matplotlib.pyplot")
-    fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.0), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1]})
+    fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1.3]})
+    lo, hi = surrogate.domain
+    grid = np.linspace(lo, hi, 600)
     for d, color in (("observed", "k"), ("expected", "tab:blue")):
         m, exact, pred = curves[d]
-        grid = np.linspace(m.min(), m.max(), 400)
-        axes[0].plot(m, exact, "o", color=color, ms=4, label=f"pyhf ({d})")
-        axes[0].plot(m, pred, "-", color=color, lw=1, label=f"surrogate ({d})")
-        axes[1].plot(m, pred - exact, "o-", color=color, ms=3)
-        del grid
+        axes[0].plot(grid, surrogate.tmu(grid, expected=d == "expected"), "-", color=color,
+                     lw=1.2, label=f"surrogate ({d})")
+        axes[0].plot(m, exact, "o", color=color, ms=4, mfc="none", label=f"pyhf ({d})")
+        axes[1].plot(m, pred - exact, "o", color=color, ms=3)
+    for ax in axes:
+        ax.axvline(metrics["ul_obs_pyhf"], color="tab:red", ls="--", lw=0.8)
     axes[0].axhline(3.84, color="grey", ls=":", lw=1)
-    axes[0].set_ylim(0, 12)
+    axes[0].axhline(9.0, color="grey", ls=":", lw=1)
+    axes[0].set_ylim(0, 25)
     axes[0].set_ylabel(r"$-2\ln\lambda(\mu)$")
-    axes[0].legend(fontsize=8)
-    axes[0].set_title(f"UL obs: surrogate {metrics['ul_obs']:.4g}, pyhf {metrics['ul_obs_pyhf']:.4g}",
-                      fontsize=9)
+    axes[0].legend(fontsize=8, loc="upper left")
+    axes[0].set_title(
+        f"95% CL UL obs: surrogate {metrics['ul_obs']:.4g}, pyhf {metrics['ul_obs_pyhf']:.4g}"
+        f" (dashed); max |d(-2 ln lambda)| (<= 9): obs {metrics['max_abs_dtmu_obs']:.3f}, "
+        f"exp {metrics['max_abs_dtmu_exp']:.3f}", fontsize=8)
     axes[1].axhline(0, color="grey", lw=1)
+    for y in (-0.05, 0.05):
+        axes[1].axhline(y, color="grey", ls=":", lw=0.8)
     axes[1].set_ylabel("surrogate - pyhf")
     axes[1].set_xlabel(r"$\mu$")
     fig.tight_layout()
