@@ -33,3 +33,23 @@ def test_cls_matches_pyhf_distributions(test_stat):
         got_obs, _, _, got_exp = cls_values(q_obs, q_a, test_stat)
         np.testing.assert_allclose(got_obs, want_obs, rtol=1e-12)
         np.testing.assert_allclose(got_exp, want_exp, rtol=1e-12)
+
+
+def test_log_normal_sf_is_continuous_and_finite_in_the_tail():
+    from surrogate_stats._asymptotics import log_normal_sf
+
+    stats = pytest.importorskip("scipy.special")
+    x = np.array([-5.0, 0.0, 5.0, 19.999, 20.001, 40.0, 300.0])
+    np.testing.assert_allclose(log_normal_sf(x), stats.log_ndtr(-x), rtol=1e-9)
+
+
+def test_cls_in_the_far_tail_is_a_number():
+    special = pytest.importorskip("scipy.special")
+    # t = (1 - 1e-4) / 0.02 ~ 50: CLb = Phi(-50) underflows, the ratio does not
+    cls, _, clb, _ = cls_values(1.0, 1e-4)
+    assert clb == 0.0
+    t = (1.0 - 1e-4) / 0.02
+    assert cls == pytest.approx(np.exp(special.log_ndtr(-(t + 0.01)) - special.log_ndtr(-t)),
+                                rel=1e-9)
+    assert cls_values(4000.0, 30.0)[0] < 1e-300
+    assert cls_values(5.0, 0.0)[0] == 1.0  # no sensitivity

@@ -48,4 +48,23 @@ def cls_values(q_obs, q_asimov, test_stat: str = "qtilde"):
     clsb = normal_cdf(-(t + sqrt_qa))
     clb = normal_cdf(-t)
     exp = np.stack([normal_cdf(-(n + sqrt_qa)) / normal_cdf(-n) for n in EXPECTED_NSIGMA])
-    return clsb / clb, clsb, clb, exp
+    # the ratio in log space: far in the tail both tails underflow to 0
+    # (without sensitivity, sqrt(qA) = 0, the two hypotheses coincide: CLs = 1)
+    with np.errstate(invalid="ignore"):
+        cls = np.where(sqrt_qa > 0, np.exp(log_normal_sf(t + sqrt_qa) - log_normal_sf(t)), 1.0)
+    return cls, clsb, clb, exp
+
+
+_vlog_sf_small = np.frompyfunc(lambda x: math.log(0.5 * math.erfc(x / math.sqrt(2.0))), 1, 1)
+
+
+def log_normal_sf(x):
+    """log(1 - Phi(x)), finite far into the tail (asymptotic series above x = 20)."""
+    x = np.asarray(x, dtype=float)
+    small = np.minimum(x, 20.0)
+    out = np.asarray(_vlog_sf_small(small), dtype=float)
+    big = np.maximum(x, 20.0)
+    inv2 = 1.0 / big**2
+    tail = (-0.5 * big**2 - np.log(big) - 0.5 * math.log(2 * math.pi)
+            + np.log1p(-inv2 + 3 * inv2**2 - 15 * inv2**3))
+    return np.where(x > 20.0, tail, out)

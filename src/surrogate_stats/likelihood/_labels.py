@@ -287,8 +287,14 @@ def generate_labels(
                     continue
                 points[d][mu_try[d]] = r
                 t = tmu_of(d, r)
-                if t >= config.tmu_target:
+                below = [m for m in points[d] if max(free[d].mu, lo) <= m < mu_try[d]
+                         and tmu_of(d, points[d][m]) < config.tmu_target]
+                if t >= config.tmu_target and (t <= 1.5 * config.tmu_target or not below):
                     reached[d] = mu_try[d]
+                elif t >= config.tmu_target:  # overshot: interpolate in sqrt(tmu) back to it
+                    ma = max(below)
+                    ra = math.sqrt(max(tmu_of(d, points[d][ma]), 0.0))
+                    mu_try[d] = ma + (mu_try[d] - ma) * (1.1 * target_r - ra) / (math.sqrt(t) - ra)
                 else:
                     step = mu_try[d] - max(free[d].mu, lo)
                     grow = min(10.0, 1.05 * target_r / max(math.sqrt(max(t, 0.0)), 0.1))
@@ -298,8 +304,14 @@ def generate_labels(
                              f"{config.tmu_target} on both data sets")
         mu_max = max(reached.values())
 
-        # 3. initial grid, then refine where the curve bends most
-        grid = np.linspace(lo, mu_max, config.n_initial)
+        # 3. initial grid (dense up to each data set's own tmu_target crossing, a few points
+        #    beyond it), then refine where the curve bends most
+        def initial_grid(d):
+            if reached[d] >= mu_max:
+                return np.linspace(lo, mu_max, config.n_initial)
+            return np.concatenate([np.linspace(lo, reached[d], config.n_initial - 3),
+                                   np.linspace(reached[d], mu_max, 4)[1:]])
+
         failed: dict[str, list[float]] = {d: [] for d in DATASETS}
 
         def absorb(jobs, results):
@@ -313,7 +325,7 @@ def generate_labels(
         # one warm-started sweep per data set, upwards from mu_hat and downwards from it
         sweeps, flat = [], []
         for d in DATASETS:
-            new = [float(mu) for mu in grid
+            new = [float(mu) for mu in initial_grid(d)
                    if not any(abs(mu - m) < 1e-9 * (mu_max - lo) for m in points[d])]
             up = [mu for mu in new if mu >= free[d].mu]
             down = [mu for mu in new if mu < free[d].mu][::-1]
@@ -376,8 +388,8 @@ def generate_labels(
         warnings.warn(f"{n_failed} label fits failed after retries and were left out: {failed}",
                       stacklevel=2)
 
-    def pack(d):
-        mus = np.array(sorted(points[d]))
+    def pack(d):  # the overshooting points of step 2 lie beyond the domain: not labels
+        mus = np.array(sorted(m for m in points[d] if m <= mu_max * (1 + 1e-12)))
         nll = np.array([points[d][m].nll for m in mus])
         return DatasetLabels(mu=mus, nll=nll, mu_hat=max(free[d].mu, lo),
                              nll_min=min(free[d].nll, float(nll.min())))

@@ -52,7 +52,7 @@ class ProfileLikelihoodSurrogate:
     :class:`ExtrapolationError` raised (``"raise"``), or nothing (``"ignore"``).
 
     Example:
-        >>> s = load_surrogate("onnx_models/3L_eRJR_ERJR_500p0_0p0")   # doctest: +SKIP
+        >>> s = load_surrogate("onnx_models/3L-eRJR_ERJR_500p0_0p0")   # doctest: +SKIP
         >>> s.tmu(1.0), s.upper_limit()                                # doctest: +SKIP
     """
 

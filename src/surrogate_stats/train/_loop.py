@@ -30,7 +30,7 @@ class TrainConfig:
     learning_rate: float = 5e-3
     steps: int = 20000
     chunk: int = 250
-    patience: int = 16
+    patience: int = 40
     polish_steps: int = 400
 
     def __post_init__(self):
