@@ -115,7 +115,8 @@ def main():
             f"| {name} | {r['npars']} | {r['surrogate_nll_single_us']:.1f} µs | "
             f"{r['surrogate_nll_batch_points_per_s']:.3g} /s | "
             f"{r['surrogate_upper_limit_ms']:.2f} ms (pyhf {r['pyhf_upper_limit_s']} s) | "
-            f"{r['pyhf_fixed_poi_fit_s']:.3f} s (defaults {r['pyhf_fixed_poi_fit_default_settings_s']:.3f} s) | "
+            f"{r['pyhf_fixed_poi_fit_s']:.3f} s "
+            f"(defaults {r['pyhf_fixed_poi_fit_default_settings_s']:.3f} s) | "
             f"{r['ratio_single']:.3g}× | {r['ratio_batch_per_point']:.3g}× |")
     (out / "likelihood.md").write_text("\n".join(lines) + "\n")
 

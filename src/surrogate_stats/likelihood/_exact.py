@@ -71,7 +71,8 @@ class ExactFitter:
 
     A fit counts as failed when scipy reports no success, raises, returns a non-finite value,
     or when a restart from its solution lowers the NLL by more than ``RESTART_TOLERANCE``
-    three times in a row (it had stopped before the minimum). Retries go, in order: the given start, pyhf's suggested start, L-BFGS-B from the
+    three times in a row (it had stopped before the minimum). Retries go, in order: the given
+    start, pyhf's suggested start, L-BFGS-B from the
     given start, and three random starts inside the bounds (seeded by the POI value).
 
     Args:

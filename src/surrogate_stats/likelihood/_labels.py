@@ -253,7 +253,7 @@ def generate_labels(
     try:
         # 1. unconditional minima (mu bounded to [lo, hi])
         free = dict(zip(DATASETS, runner.map([(d, None, None) for d in DATASETS])))
-        for d, r in free.items():
+        for r in free.values():
             if isinstance(r, FitFailure):
                 raise r
         points: dict[str, dict[float, FitResult]] = {d: {} for d in DATASETS}

@@ -114,7 +114,9 @@ def validate(surrogate, workspace: SignalWorkspace, *, n_points: int = 24, seed:
         free = dict(zip(DATASETS, runner.map([(d, None, None) for d in DATASETS])))
         jobs = [(d, [float(m) for m in mus], free[d].pars) for d in DATASETS]
         res = runner.sweeps(jobs)
-        log("root finding CLs = 0.05 on converged exact fits")
+        bar.close()
+        bar = runner.progress = tqdm(desc="converged CLs fits", unit="fit",
+                                     disable=not progress, leave=False)
         converged = _converged_upper_limit(runner, free, mus, res, DATASETS)
     finally:
         runner.close()

@@ -109,7 +109,8 @@ class ProfileLikelihoodSurrogate:
 
     def export_arrays(self) -> dict:
         """The network and its normalisation as named float64 arrays (for saving)."""
-        out = {"domain": np.array(self._domain), "mu_hat": np.array([self._mu_hat[d] for d in DATASETS]),
+        out = {"domain": np.array(self._domain),
+               "mu_hat": np.array([self._mu_hat[d] for d in DATASETS]),
                "nll_min": np.array([self._nll_min[d] for d in DATASETS]),
                "f_hat": np.array([self._f_hat[d] for d in DATASETS])}
         for d in DATASETS:

@@ -124,8 +124,8 @@ def fit_surrogate(
                 xx, yy, ww = data
                 return jnp.mean(ww * (_apply_mlp(layers, xx) - yy) ** 2)
 
-            def part(idx):
-                return (jnp.asarray(x[idx]), jnp.asarray(resid[idx] / scale), jnp.asarray(w[idx]))
+            def part(idx, x=x, y=resid / scale, w=w):
+                return (jnp.asarray(x[idx]), jnp.asarray(y[idx]), jnp.asarray(w[idx]))
 
             layers = _init_mlp(keys[2 * j + 1], config.hidden, config.depth)
             layers, history = fit(keys[2 * j], layers, loss_fn, part(tr),
