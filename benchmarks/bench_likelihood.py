@@ -12,10 +12,12 @@ the ratios. Results go to benchmarks/results/likelihood.{json,md}.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ def bench(name, inputs):
 
     from surrogate_stats import load_surrogate
     from surrogate_stats.likelihood import load_signal_workspace
-    from surrogate_stats.likelihood._exact import numpy_backend
+    from surrogate_stats.likelihood._exact import numpy_backend, pyhf_upper_limit
 
     s = load_surrogate(ROOT / "onnx_models" / name)
     lo, hi = s.domain
@@ -54,7 +56,18 @@ def bench(name, inputs):
     batch_onnx = median_time(lambda: s._session.run(["nll"], {"mu": batch}), 5)
     ul = median_time(s.upper_limit, 50)
 
+    from surrogate_stats import infer
+
+    ul_infer = median_time(lambda: infer.upper_limit(s), 50)
     ws = load_signal_workspace(**inputs).with_poi_bounds(*s.metadata["poi"]["bounds_used"])
+    # pyhf's upper limit (hypotest + toms748 on the JAX backend, as `validate` does), timed in
+    # this run in a worker process so that this one stays on numpy
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        pool.submit(int, 0).result()  # start the worker before the clock
+        t = time.perf_counter()
+        pool.submit(pyhf_upper_limit, ws.spec).result()
+        pyhf_ul = time.perf_counter() - t
     model = ws.model()
     data = ws.observed_data(model)
     with numpy_backend():
@@ -70,12 +83,14 @@ def bench(name, inputs):
         "surrogate_nll_batch_points_per_s": 1e6 / batch_numpy,
         "surrogate_nll_batch_onnxruntime_points_per_s": 1e6 / batch_onnx,
         "surrogate_upper_limit_ms": ul * 1e3,
+        "infer_upper_limit_ms": ul_infer * 1e3,
+        "pyhf_upper_limit_s": pyhf_ul,
+        "ratio_upper_limit": pyhf_ul / ul_infer,
         "pyhf_fixed_poi_fit_s": pyhf_tight,
         "pyhf_fixed_poi_fit_default_settings_s": pyhf_default,
         "ratio_single": pyhf_tight / single,
         "ratio_single_default_settings": pyhf_default / single,
         "ratio_batch_per_point": pyhf_tight * 1e6 / batch_numpy,
-        "pyhf_upper_limit_s": s.metadata.get("validation", {}).get("pyhf_upper_limit_seconds"),
     }
 
 
@@ -96,7 +111,8 @@ def main():
         print(f"  surrogate nll, batch:     {r['surrogate_nll_batch_points_per_s']:8.3g} points/s "
               f"(onnxruntime: {r['surrogate_nll_batch_onnxruntime_points_per_s']:.3g})")
         print(f"  surrogate upper limit:    {r['surrogate_upper_limit_ms']:8.2f} ms "
-              f"(pyhf: {r['pyhf_upper_limit_s']} s)")
+              f"(infer.upper_limit: {r['infer_upper_limit_ms']:.2f} ms; "
+              f"pyhf: {r['pyhf_upper_limit_s']:.1f} s; ratio {r['ratio_upper_limit']:.3g}x)")
         print(f"  pyhf fixed_poi_fit:       {r['pyhf_fixed_poi_fit_s']:8.3f} s "
               f"(pyhf defaults: {r['pyhf_fixed_poi_fit_default_settings_s']:.3f} s)")
         print(f"  ratio, one call:          {r['ratio_single']:8.3g}x "
@@ -114,7 +130,8 @@ def main():
         lines.append(
             f"| {name} | {r['npars']} | {r['surrogate_nll_single_us']:.1f} µs | "
             f"{r['surrogate_nll_batch_points_per_s']:.3g} /s | "
-            f"{r['surrogate_upper_limit_ms']:.2f} ms (pyhf {r['pyhf_upper_limit_s']} s) | "
+            f"{r['infer_upper_limit_ms']:.2f} ms (pyhf {r['pyhf_upper_limit_s']:.1f} s, "
+            f"{r['ratio_upper_limit']:.2g}×) | "
             f"{r['pyhf_fixed_poi_fit_s']:.3f} s "
             f"(defaults {r['pyhf_fixed_poi_fit_default_settings_s']:.3f} s) | "
             f"{r['ratio_single']:.3g}× | {r['ratio_batch_per_point']:.3g}× |")

@@ -26,3 +26,19 @@ def test_published_artifacts_carry_their_validation(artifact):
     v = load_surrogate(artifact).metadata["validation"]
     assert v["max_abs_dtmu_obs"] <= 0.05 and v["max_abs_dtmu_exp"] <= 0.05
     assert abs(v["ul_obs_rel_diff"]) <= 0.02 and abs(v["ul_exp_rel_diff"][2]) <= 0.02
+
+
+def test_notebook_runs_and_agrees_with_pyhf(tmp_path):
+    """Execute the notebook's code cells in order (no Jupyter needed) on this machine."""
+    import json
+    import os
+
+    nb = json.loads((ROOT / "examples" / "replace_pyhf_in_reinterpretation.ipynb").read_text())
+    code = "\n\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    script = tmp_path / "nb.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = float(out.stdout.split("on the 8 points:")[1].split()[0])
+    assert worst < 0.005

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["normal_cdf", "qtilde_teststat", "cls_values", "EXPECTED_NSIGMA"]
+__all__ = ["normal_cdf", "qtilde_teststat", "cls_values", "upper_limits", "EXPECTED_NSIGMA"]
 
 EXPECTED_NSIGMA = (2.0, 1.0, 0.0, -1.0, -2.0)
 _erfc = np.frompyfunc(math.erfc, 1, 1)
@@ -68,3 +68,39 @@ def log_normal_sf(x):
     tail = (-0.5 * big**2 - np.log(big) - 0.5 * math.log(2 * math.pi)
             + np.log1p(-inv2 + 3 * inv2**2 - 15 * inv2**3))
     return np.where(x > 20.0, tail, out)
+
+
+def upper_limits(curves, lo: float, hi: float, n_grid: int = 200):
+    """Where each of several decreasing curves crosses zero in (lo, hi], or None if one never does.
+
+    ``curves(mus)`` returns an array (k, len(mus)): curve i at each mu. A scan of ``n_grid``
+    points brackets each crossing; Illinois regula falsi (superlinear, keeps the bracket)
+    refines all k at once to a relative width of 1e-9.
+    """
+    grid = np.linspace(lo, hi, n_grid + 1)[1:]
+    values = curves(grid)
+    k = values.shape[0]
+    below = values < 0
+    if not below.any(axis=1).all():
+        return None
+    first = below.argmax(axis=1)
+    rows = np.arange(k)
+    a = np.where(first > 0, grid[np.maximum(first - 1, 0)], lo)
+    b = grid[first]
+    fa = np.where(first > 0, values[rows, np.maximum(first - 1, 0)], np.abs(values[:, 0]) + 1.0)
+    fb = values[rows, first]
+    side = np.zeros(k)
+    for _ in range(60):
+        done = (np.abs(b - a) <= 1e-9 * np.abs(b)) | (fb == 0)
+        if np.all(done):
+            break
+        denom = np.where(fb != fa, fb - fa, 1.0)
+        c = np.where(fb != fa, (a * fb - b * fa) / denom, 0.5 * (a + b))
+        c = np.where(done, b, np.clip(c, np.minimum(a, b), np.maximum(a, b)))
+        fc = curves(c)[rows, rows]  # curve i at c[i]
+        left = fc * fb > 0  # c replaces b; a stays (its value halved the second time)
+        a_new = np.where(left, a, b)
+        fa_new = np.where(left, fa * np.where(side == 1, 0.5, 1.0), fb)
+        side = np.where(left, 1, -1)
+        a, fa, b, fb = a_new, fa_new, c, fc
+    return b

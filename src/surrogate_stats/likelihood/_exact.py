@@ -200,3 +200,20 @@ def pyhf_upper_limit(spec: dict, *, level: float = 0.05, backend: str = "jax",
         limits = [toms748(lambda mu, i=i: values(mu)[i] - level, *bracket(i), k=2, xtol=atol,
                           rtol=rtol) for i in range(6)]
     return float(limits[0]), [float(x) for x in limits[1:]]
+
+
+def pyhf_hypotests(spec: dict, mus, *, backend: str = "jax") -> list[tuple[float, list[float]]]:
+    """pyhf's asymptotic qtilde ``hypotest`` at each mu: ``[(CLs_obs, [5 expected]), ...]``.
+
+    Run it in a worker process when ``backend="jax"`` (see :func:`pyhf_backend`).
+    """
+    pyhf = optional_import("pyhf")
+    with pyhf_backend(backend):
+        ws = pyhf.Workspace(spec)
+        model = ws.model()
+        data = pyhf.tensorlib.astensor(ws.data(model))
+        out = []
+        for mu in mus:
+            obs, exp = pyhf.infer.hypotest(float(mu), data, model, return_expected_set=True)
+            out.append((float(obs), [float(e) for e in exp]))
+    return out

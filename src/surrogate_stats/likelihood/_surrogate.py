@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surrogate_stats._asymptotics import cls_values
+from surrogate_stats._asymptotics import cls_values, upper_limits
 from surrogate_stats.errors import (
     ExtrapolationError,
     ExtrapolationWarning,
@@ -200,40 +200,17 @@ class ProfileLikelihoodSurrogate:
         if test_stat not in ("qtilde", "q"):
             raise InvalidInput(f"test_stat must be 'qtilde' or 'q'; got {test_stat!r}")
         lo, hi = max(self._domain[0], 0.0), self._domain[1]
-        grid = np.linspace(lo, hi, 201)[1:]
 
-        def curves(mus):  # shape (6, n): observed then the 5 expected
+        def curves(mus):  # shape (6, n): observed then the 5 expected, minus the level
             o, e = self.cls(mus, test_stat=test_stat)
-            return np.vstack([o[None, :], e]) - level
+            return np.vstack([np.atleast_2d(o), np.atleast_2d(e).reshape(5, -1)]) - level
 
-        values = curves(grid)
-        below = values < 0
-        if not below.any(axis=1).all():
+        limits = upper_limits(curves, lo, hi)
+        if limits is None:
             raise SurrogateStatsError(
                 f"CLs stays above {level} up to mu={hi:g}, the end of the trained domain; "
                 "retrain with a larger tmu_target")
-        first = below.argmax(axis=1)
-        rows = np.arange(6)
-        a = np.where(first > 0, grid[np.maximum(first - 1, 0)], lo)
-        b = grid[first]
-        fa = np.where(first > 0, values[rows, np.maximum(first - 1, 0)], 1.0 - level)
-        fb = values[rows, first]
-        # Illinois regula falsi: superlinear, and the bracket [a, b] is kept throughout
-        side = np.zeros(6)
-        for _ in range(60):
-            done = (np.abs(b - a) <= 1e-9 * np.abs(b)) | (fb == 0)
-            if np.all(done):
-                break
-            denom = np.where(fb != fa, fb - fa, 1.0)
-            c = np.where(fb != fa, (a * fb - b * fa) / denom, 0.5 * (a + b))
-            c = np.where(done, b, np.clip(c, np.minimum(a, b), np.maximum(a, b)))
-            fc = _curves_at(curves, c)
-            left = fc * fb > 0  # c replaces b
-            a_new = np.where(left, a, b)
-            fa_new = np.where(left, fa * np.where(side == 1, 0.5, 1.0), fb)
-            side = np.where(left, 1, -1)
-            a, fa, b, fb = a_new, fa_new, c, fc
-        return float(b[0]), [float(x) for x in b[1:]]
+        return float(limits[0]), [float(x) for x in limits[1:]]
 
     def __repr__(self) -> str:
         name = self.metadata.get("name") or "in-memory"
@@ -257,12 +234,6 @@ def _augment(w: MLPWeights):
     wl, bl = w.layers[-1]
     last = np.concatenate([wl[:, 0], bl])
     return first, hidden, last, w.a, w.m, w.scale
-
-
-def _curves_at(curves, mus):
-    """Evaluate curve i at mus[i] (one batched call for all six curves)."""
-    v = curves(mus)
-    return v[np.arange(mus.size), np.arange(mus.size)]
 
 
 def _as_mu_array(mu) -> np.ndarray:
