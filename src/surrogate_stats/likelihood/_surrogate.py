@@ -12,13 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surrogate_stats._asymptotics import cls_values, upper_limits
-from surrogate_stats.errors import (
-    ExtrapolationError,
-    ExtrapolationWarning,
-    InvalidInput,
-    SurrogateStatsError,
-)
+from surrogate_stats.errors import ExtrapolationError, ExtrapolationWarning, InvalidInput
 
 __all__ = ["MLPWeights", "ProfileLikelihoodSurrogate", "DATASETS"]
 
@@ -177,40 +171,28 @@ class ProfileLikelihoodSurrogate:
         return self._nll_min[d] + 0.5 * self._tmu(mu, d)
 
     def cls(self, mu, *, test_stat: str = "qtilde"):
-        """Asymptotic CLs at ``mu``: (observed, [5 expected]) as pyhf's hypotest gives them."""
-        mu_arr = _as_mu_array(mu)
-        if np.any(mu_arr < 0):
-            raise InvalidInput(f"CLs needs mu >= 0; got {mu_arr.min():g}")
-        q_obs = np.where(self._mu_hat["observed"] > mu_arr, 0.0, self.tmu(mu_arr))
-        q_exp = np.where(self._mu_hat["expected"] > mu_arr, 0.0, self.tmu(mu_arr, expected=True))
-        cls_obs, _, _, cls_exp = cls_values(q_obs, q_exp, test_stat)
+        """Asymptotic CLs at ``mu``: (observed, [5 expected]) as pyhf's hypotest gives them.
+
+        Floats for a scalar mu, arrays for an array (see :func:`surrogate_stats.infer.hypotest`
+        for pyhf's exact return shapes).
+        """
+        from surrogate_stats.infer._hypotest import hypotest
+
+        obs, exp = hypotest(mu, self, test_stat=test_stat, return_expected_set=True)
         if np.ndim(mu) == 0:
-            return float(cls_obs), [float(c) for c in cls_exp]
-        return cls_obs, cls_exp
+            return float(obs), [float(c) for c in exp]
+        return obs, np.stack(exp)
 
     def upper_limit(self, level: float = 0.05, *, test_stat: str = "qtilde"):
         """Asymptotic CLs upper limits: ``(observed, [expected -2s, -1s, median, +1s, +2s])``.
 
         Same conventions as ``pyhf.infer.intervals.upper_limits.upper_limit`` (qtilde, root
-        finding): each limit is the mu where that CLs curve crosses ``level``, found on a scan
-        of the domain and refined by bisection.
+        finding); see :func:`surrogate_stats.infer.upper_limit`.
         """
-        if not (isinstance(level, numbers.Real) and 0.0 < float(level) < 1.0):
-            raise InvalidInput(f"level must be in (0, 1); got {level!r}")
-        if test_stat not in ("qtilde", "q"):
-            raise InvalidInput(f"test_stat must be 'qtilde' or 'q'; got {test_stat!r}")
-        lo, hi = max(self._domain[0], 0.0), self._domain[1]
+        from surrogate_stats.infer._hypotest import upper_limit
 
-        def curves(mus):  # shape (6, n): observed then the 5 expected, minus the level
-            o, e = self.cls(mus, test_stat=test_stat)
-            return np.vstack([np.atleast_2d(o), np.atleast_2d(e).reshape(5, -1)]) - level
-
-        limits = upper_limits(curves, lo, hi)
-        if limits is None:
-            raise SurrogateStatsError(
-                f"CLs stays above {level} up to mu={hi:g}, the end of the trained domain; "
-                "retrain with a larger tmu_target")
-        return float(limits[0]), [float(x) for x in limits[1:]]
+        obs, exp = upper_limit(self, level, test_stat=test_stat)
+        return float(obs), [float(x) for x in exp]
 
     def __repr__(self) -> str:
         name = self.metadata.get("name") or "in-memory"
