@@ -113,4 +113,6 @@ def test_training_is_reproducible(three_l_workspace, tmp_path):
     b, _ = fit_surrogate(jax.random.key(3), labels, config=config, progress=False)
     for k, v in a.export_arrays().items():
         np.testing.assert_array_equal(v, b.export_arrays()[k])
+    np.testing.assert_array_equal(a.tmu(mu), b.tmu(mu))
+    np.testing.assert_array_equal(a.tmu(mu, expected=True), b.tmu(mu, expected=True))
     assert np.max(np.abs(a.tmu(mu) - 2 * (nll - 100.0))) < TMU_TOL

@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from surrogate_stats._asymptotics import cls_values, upper_limits
+from surrogate_stats._checks import as_mu_array
 from surrogate_stats.errors import InvalidInput, SurrogateStatsError
 from surrogate_stats.infer._protocol import check_surrogate
 
@@ -38,12 +39,7 @@ def _q_values(mu, surrogate):
 
 
 def _check_mu(mu) -> np.ndarray:
-    try:
-        arr = np.asarray(mu, dtype=float)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"mu must be a real number; got {type(mu).__name__}") from None
-    if not np.all(np.isfinite(arr)):
-        raise InvalidInput("mu must be finite; got NaN or inf")
+    arr = as_mu_array(mu)
     if np.any(arr < 0):
         raise InvalidInput(f"the qtilde/q test statistics need mu >= 0; got {arr.min():g}")
     return arr

@@ -72,8 +72,8 @@ class ExactFitter:
     A fit counts as failed when scipy reports no success, raises, returns a non-finite value,
     or when a restart from its solution lowers the NLL by more than ``RESTART_TOLERANCE``
     three times in a row (it had stopped before the minimum). Retries go, in order: the given
-    start, pyhf's suggested start, L-BFGS-B from the
-    given start, and three random starts inside the bounds (seeded by the POI value).
+    start, pyhf's suggested start, L-BFGS-B from the given start, and three random starts
+    inside the bounds (seeded by the POI value).
 
     Args:
         spec: a pyhf workspace specification (already patched with the signal).
@@ -171,19 +171,15 @@ def pyhf_upper_limit(spec: dict, *, level: float = 0.05, backend: str = "jax",
     (pyhf's own crashes there: pyhf issue 2466). Run it in a worker process when
     ``backend="jax"`` (see :func:`pyhf_backend`).
     """
-    pyhf = optional_import("pyhf")
     toms748 = optional_import("scipy.optimize").toms748
     with pyhf_backend(backend):
-        ws = pyhf.Workspace(spec)
-        model = ws.model()
-        data = pyhf.tensorlib.astensor(ws.data(model))
+        model, cls_set = _pyhf_cls_set(spec)
         cache: dict[float, np.ndarray] = {}
 
         def values(mu):
             mu = float(mu)
             if mu not in cache:
-                obs, exp = pyhf.infer.hypotest(mu, data, model, return_expected_set=True)
-                cache[mu] = np.array([float(obs)] + [float(e) for e in exp])
+                cache[mu] = cls_set(mu)
             return cache[mu]
 
         lo, hi = (float(b) for b in model.config.suggested_bounds()[model.config.poi_index])
@@ -207,13 +203,24 @@ def pyhf_hypotests(spec: dict, mus, *, backend: str = "jax") -> list[tuple[float
 
     Run it in a worker process when ``backend="jax"`` (see :func:`pyhf_backend`).
     """
-    pyhf = optional_import("pyhf")
     with pyhf_backend(backend):
-        ws = pyhf.Workspace(spec)
-        model = ws.model()
-        data = pyhf.tensorlib.astensor(ws.data(model))
+        _, cls_set = _pyhf_cls_set(spec)
         out = []
         for mu in mus:
-            obs, exp = pyhf.infer.hypotest(float(mu), data, model, return_expected_set=True)
-            out.append((float(obs), [float(e) for e in exp]))
+            values = cls_set(float(mu))
+            out.append((float(values[0]), values[1:].tolist()))
     return out
+
+
+def _pyhf_cls_set(spec: dict):
+    """The pyhf model of ``spec`` and mu -> [CLs_obs, 5 expected CLs] from pyhf's hypotest."""
+    pyhf = optional_import("pyhf")
+    ws = pyhf.Workspace(spec)
+    model = ws.model()
+    data = pyhf.tensorlib.astensor(ws.data(model))
+
+    def cls_set(mu: float) -> np.ndarray:
+        obs, exp = pyhf.infer.hypotest(mu, data, model, return_expected_set=True)
+        return np.array([float(obs)] + [float(e) for e in exp])
+
+    return model, cls_set

@@ -139,14 +139,8 @@ def save_surrogate(surrogate: ProfileLikelihoodSurrogate, directory: str | Path,
     meta["datasets"]["definition"] = (
         "observed: the workspace's data; expected: pyhf's Asimov data for expected limits "
         "(fit of mu=0 to the observed data, main and auxiliary data at those parameters)")
-    arrays = {}
-    for d in DATASETS:
-        w = surrogate._weights[d]
-        arrays[f"{d}.prior"] = np.array([w.a, w.m, w.scale])
-        for i, (W, b) in enumerate(w.layers):
-            arrays[f"{d}.W{i}"] = W
-            arrays[f"{d}.b{i}"] = b
-    return write_artifact(directory, meta, {"model": blob}, {"weights": arrays})
+    return write_artifact(directory, meta, {"model": blob},
+                          {"weights": surrogate.export_arrays()})
 
 
 def _weights_from_arrays(arrays: dict) -> dict:

@@ -371,7 +371,8 @@ def generate_labels(
                     if 0 <= j < mus.size:
                         redo.append((d, float(mus[i]), points[d][mus[j]].pars))
             if redo:
-                log(f"refitting {len(redo) // 2} points on the {d} data from their neighbours")
+                log(f"refitting {len({mu for _, mu, _ in redo})} points on the {d} data from "
+                    "their neighbours")
                 for (_, mu, _), r in zip(redo, runner.map(redo)):
                     if isinstance(r, FitResult) and r.nll < points[d][mu].nll:
                         points[d][mu] = r

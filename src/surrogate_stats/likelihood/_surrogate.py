@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from surrogate_stats._checks import as_mu_array
 from surrogate_stats.errors import ExtrapolationError, ExtrapolationWarning, InvalidInput
 
 __all__ = ["MLPWeights", "ProfileLikelihoodSurrogate", "DATASETS"]
@@ -102,17 +103,17 @@ class ProfileLikelihoodSurrogate:
         return {"mu": self._domain}
 
     def export_arrays(self) -> dict:
-        """The network and its normalisation as named float64 arrays (for saving)."""
-        out = {"domain": np.array(self._domain),
-               "mu_hat": np.array([self._mu_hat[d] for d in DATASETS]),
-               "nll_min": np.array([self._nll_min[d] for d in DATASETS]),
-               "f_hat": np.array([self._f_hat[d] for d in DATASETS])}
+        """Both networks as named float64 arrays, the layout of an artifact's weights.npz.
+
+        Per data set: ``<data>.prior`` = (a, m, scale), ``<data>.W<i>``, ``<data>.b<i>``.
+        """
+        out = {}
         for d in DATASETS:
             w = self._weights[d]
-            out[f"{d}/prior"] = np.array([w.a, w.m, w.scale])
+            out[f"{d}.prior"] = np.array([w.a, w.m, w.scale])
             for i, (a, b) in enumerate(w.layers):
-                out[f"{d}/W{i}"] = np.asarray(a, dtype=float)
-                out[f"{d}/b{i}"] = np.asarray(b, dtype=float)
+                out[f"{d}.W{i}"] = np.asarray(a, dtype=float)
+                out[f"{d}.b{i}"] = np.asarray(b, dtype=float)
         return out
 
     # -- evaluation -------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class ProfileLikelihoodSurrogate:
             if not self._domain[0] <= mu <= self._domain[1]:
                 self._check_domain(mu, mu)
             return max(self._raw_scalar(mu, d), 0.0)
-        arr = _as_mu_array(mu)
+        arr = as_mu_array(mu)
         if arr.size:
             self._check_domain(float(arr.min()), float(arr.max()))
         return self._raw_array(arr, d)
@@ -216,15 +217,3 @@ def _augment(w: MLPWeights):
     wl, bl = w.layers[-1]
     last = np.concatenate([wl[:, 0], bl])
     return first, hidden, last, w.a, w.m, w.scale
-
-
-def _as_mu_array(mu) -> np.ndarray:
-    try:
-        arr = np.asarray(mu, dtype=float)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"mu must be a real number or an array of them; got "
-                           f"{type(mu).__name__}") from None
-    if not np.all(np.isfinite(arr)):
-        raise InvalidInput("mu must be finite; got NaN or inf at "
-                           f"{np.argwhere(~np.isfinite(arr)).ravel().tolist()[:10]}")
-    return arr
