@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from surrogate_stats.errors import SurrogateStatsError
+
+
+# Further command groups: modules with ``register(subparsers)``; imported when the parser is
+# built (they must import nothing heavy at module level).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _add_patch_args(p, *, workspace_flag: bool):
@@ -35,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="exact fits per data set (default 40)")
     tr.add_argument("--jobs", type=int, default=2, help="worker processes for the pyhf fits")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_train)
 
     va = lsub.add_parser("validate", help="compare an artifact with fresh pyhf computations")
     va.add_argument("artifact", help="artifact directory")
@@ -45,10 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--record", action="store_true",
                     help="store the metrics in the artifact's metadata.json (re-hashed)")
     va.add_argument("--quiet", action="store_true")
+    va.set_defaults(func=_validate)
 
     ins = sub.add_parser("inspect", help="print an artifact's metadata summary")
     ins.add_argument("artifact")
     ins.add_argument("--json", action="store_true", help="print the whole metadata as JSON")
+    ins.set_defaults(func=_inspect)
+
+    for name in COMMAND_MODULES:  # each adds its sub-commands with set_defaults(func=...)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -128,9 +140,7 @@ def _inspect(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "likelihood":
-            return {"train": _train, "validate": _validate}[args.action](args)
-        return _inspect(args)
+        return args.func(args)
     except SurrogateStatsError as exc:
         print(f"surrogate-stats: error: {exc}", file=sys.stderr)
         return 2
