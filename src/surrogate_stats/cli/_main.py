@@ -9,7 +9,6 @@ import sys
 
 from surrogate_stats.errors import SurrogateStatsError
 
-
 # Further command groups: modules with ``register(subparsers)``; imported when the parser is
 # built (they must import nothing heavy at module level).
 COMMAND_MODULES: tuple[str, ...] = ()
