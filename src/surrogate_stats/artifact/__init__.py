@@ -6,6 +6,7 @@ from surrogate_stats.artifact._format import (
     canonical_json,
     content_sha256,
     read_artifact,
+    recover_artifact,
     write_artifact,
 )
 from surrogate_stats.artifact._load import load_surrogate
@@ -17,5 +18,6 @@ __all__ = [
     "content_sha256",
     "load_surrogate",
     "read_artifact",
+    "recover_artifact",
     "write_artifact",
 ]

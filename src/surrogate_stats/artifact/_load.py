@@ -6,7 +6,8 @@ import importlib
 from pathlib import Path
 
 from surrogate_stats.artifact._format import read_artifact
-from surrogate_stats.errors import InvalidArtifact, InvalidInput
+from surrogate_stats.artifact._runtime import _check_threads
+from surrogate_stats.errors import InvalidArtifact, InvalidInput, SurrogateStatsError
 
 __all__ = ["load_surrogate"]
 
@@ -28,15 +29,24 @@ def load_surrogate(path: str | Path, *, on_extrapolation: str = "warn",
         path: the artifact directory (with ``metadata.json`` and ``model.onnx``).
         on_extrapolation: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` for inputs outside
             the trained domain.
-        threads: onnxruntime intra-op threads (None: its default).
+        threads: onnxruntime intra-op threads per session (None: 1, so that many threads or
+            processes do not oversubscribe the cores; 0: onnxruntime's default, one per
+            physical core).
+
+    The directory is treated as untrusted (``docs/security.md``): nothing outside it is read,
+    ONNX graphs with external data, custom domains or functions are refused, and any other
+    exception a kind's loader raises on malformed metadata is turned into
+    :class:`InvalidArtifact`.
 
     Raises:
-        InvalidArtifact: the artifact is missing, corrupt, tampered with or of an unknown
-            schema version or kind.
+        InvalidArtifact: the artifact is missing, corrupt, tampered with, refused by a
+            structural check, or of an unknown schema version or kind.
+        InvalidInput: ``on_extrapolation`` or ``threads`` is not valid.
     """
     if on_extrapolation not in ("warn", "raise", "ignore"):
         raise InvalidInput(f"on_extrapolation must be 'warn', 'raise' or 'ignore'; got "
                            f"{on_extrapolation!r}")
+    _check_threads(threads)
     meta, graphs, arrays = read_artifact(path)
     kind = meta["kind"]
     if kind not in LOADERS:
@@ -44,4 +54,13 @@ def load_surrogate(path: str | Path, *, on_extrapolation: str = "warn",
                               f"surrogate_stats knows {sorted(LOADERS)}")
     module, func = LOADERS[kind].split(":")
     loader = getattr(importlib.import_module(module), func)
-    return loader(meta, graphs, arrays, on_extrapolation=on_extrapolation, threads=threads)
+    try:
+        return loader(meta, graphs, arrays, on_extrapolation=on_extrapolation, threads=threads)
+    except SurrogateStatsError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        # a loader that trips over malformed (but correctly hashed) metadata: the artifact's
+        # fault, reported as such rather than as a foreign exception
+        raise InvalidArtifact(f"{str(path)!r}: the {kind!r} loader could not use this "
+                              f"artifact's metadata or arrays: {type(exc).__name__}: "
+                              f"{str(exc)[:200]}") from exc
