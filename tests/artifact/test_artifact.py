@@ -111,10 +111,18 @@ def test_bad_numbers_in_metadata(artifact_copy):
         load_surrogate(artifact_copy)
 
 
-def test_atomic_write_keeps_the_old_artifact_on_failure(artifact_copy, monkeypatch):
+@pytest.mark.parametrize("path", ["exchange", "two_renames"])
+def test_atomic_write_keeps_the_old_artifact_on_failure(artifact_copy, monkeypatch, path):
+    from surrogate_stats.artifact import _format
+
     before = (artifact_copy / "metadata.json").read_bytes()
     meta, graphs, arrays = read_artifact(artifact_copy)
     real_rename = os.rename
+
+    def failing_exchange(a, b):
+        if path == "two_renames":  # as on platforms without renameat2(RENAME_EXCHANGE)
+            return False
+        raise OSError("disk full")
 
     def failing_rename(src, dst):
         if ".tmp-" in str(src):  # the new artifact cannot be moved into place
@@ -122,6 +130,7 @@ def test_atomic_write_keeps_the_old_artifact_on_failure(artifact_copy, monkeypat
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", failing_rename)
+    monkeypatch.setattr(_format, "_exchange", failing_exchange)
     with pytest.raises(OSError):
         write_artifact(artifact_copy, {**meta, "name": "new"}, graphs, arrays)
     monkeypatch.undo()

@@ -432,6 +432,10 @@ def read_artifact(directory: str | Path) -> tuple[dict, dict[str, bytes], dict[s
             "artifacts)")
     if not isinstance(meta["kind"], str) or not meta["kind"]:
         raise InvalidArtifact(f"{where!r}: field 'kind' must be a non-empty string")
+    for key, typ, what in (("name", str, "a string"), ("provenance", dict, "an object"),
+                           ("arrays", dict, "an object")):
+        if key in meta and not isinstance(meta[key], typ):
+            raise InvalidArtifact(f"{where!r}: field {key!r} must be {what}")
     if content_sha256(meta) != meta["content_sha256"]:
         raise InvalidArtifact(f"{where!r} was modified after it was written: its "
                               "content does not match content_sha256")
@@ -492,8 +496,6 @@ def _load_npz(blob: bytes, path: Path) -> dict[str, np.ndarray]:
         try:
             data = zf.read(info)
             out[key] = _parse_npy(data)
-        except InvalidArtifact:
-            raise
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError,
                 NotImplementedError, zlib.error) as exc:
             raise InvalidArtifact(f"{where!r}: array {key!r} is unreadable: "
@@ -514,7 +516,7 @@ def _parse_npy(data: bytes) -> np.ndarray:
     else:
         raise ValueError(f"unsupported .npy version {version}")
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in "fiub":
-        raise InvalidArtifact(f"arrays must be numeric; found dtype {dtype}")
+        raise ValueError(f"arrays must be numeric; found dtype {dtype}")
     count = math.prod(shape)
     body = memoryview(data)[fp.tell():]
     if count * dtype.itemsize != len(body):

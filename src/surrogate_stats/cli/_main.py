@@ -121,8 +121,8 @@ def _inspect(args) -> int:
     if args.json:
         print(json.dumps(meta, indent=1, sort_keys=True))
         return 0
-    prov = meta.get("provenance", {})
-    print(f"{meta['name']}: kind={meta['kind']} schema_version={meta['schema_version']}")
+    prov = meta.get("provenance") or {}
+    print(f"{meta.get('name')}: kind={meta['kind']} schema_version={meta['schema_version']}")
     print(f"  workspace: {prov.get('workspace_file')} sha256={prov.get('workspace_sha256')}")
     print(f"  patch: {prov.get('patch_name')}  analysis: {prov.get('analysis')}")
     print(f"  domain mu: {list(s.domain)}  poi: {meta.get('poi')}")

@@ -39,6 +39,23 @@ def load_json(path: str | Path, what: str) -> Any:
         ) from None
     except (UnicodeDecodeError, OSError) as exc:
         raise InvalidWorkspace(f"{what} file {str(path)!r} could not be read: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # numbers too long, nesting too deep
+        raise InvalidWorkspace(f"{what} file {str(path)!r} is not usable JSON: "
+                               f"{str(exc)[:200]}") from None
+
+
+def _workspace(pyhf, spec: Any, what: str, path: str | Path):
+    """``pyhf.Workspace(spec)``, with every failure an :class:`InvalidWorkspace`."""
+    if not isinstance(spec, dict):
+        raise InvalidWorkspace(f"{what} {str(path)!r} must be a JSON object (a pyhf workspace); "
+                               f"got {type(spec).__name__}")
+    try:
+        return pyhf.Workspace(spec)
+    except pyhf.exceptions.InvalidSpecification as exc:
+        raise _schema_error(exc, what, path) from None
+    except Exception as exc:  # pyhf raises bare exceptions for some malformed specs
+        raise InvalidWorkspace(f"{what} {str(path)!r} is not a valid pyhf workspace: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _schema_error(exc: Exception, what: str, path: str | Path) -> InvalidWorkspace:
@@ -134,7 +151,8 @@ def _apply_bare_patch(spec: dict, patch_path: Path) -> tuple[dict, dict]:
         )
     try:
         patched = jsonpatch.JsonPatch(ops).apply(spec)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError,
+            ValueError, KeyError, IndexError, AttributeError) as exc:
         raise InvalidWorkspace(
             f"patch {str(patch_path)!r} does not apply to the workspace: {exc}"
         ) from None
@@ -162,10 +180,7 @@ def load_signal_workspace(
     pyhf = optional_import("pyhf")
     background = Path(background)
     spec = load_json(background, "background-only workspace")
-    try:
-        pyhf.Workspace(spec)
-    except pyhf.exceptions.InvalidSpecification as exc:
-        raise _schema_error(exc, "workspace", background) from None
+    _workspace(pyhf, spec, "workspace", background)
     prov: dict[str, Any] = {"workspace_sha256": sha256_file(background),
                             "workspace_file": background.name}
     if patch is None:
@@ -176,10 +191,7 @@ def load_signal_workspace(
     else:
         patched, extra = _apply_bare_patch(spec, Path(patch))
     prov.update(extra)
-    try:
-        ws = pyhf.Workspace(patched)
-    except pyhf.exceptions.InvalidSpecification as exc:
-        raise _schema_error(exc, "patched workspace", background) from None
+    ws = _workspace(pyhf, patched, "patched workspace", background)
     try:
         poi = ws.get_measurement()["config"]["poi"]
         ws.model()

@@ -1,0 +1,205 @@
+"""hypothesis fuzzing of every loader boundary: metadata.json, ONNX and .npz bytes, workspaces,
+patches and the CLI. Whatever comes in, only surrogate_stats' own errors may come out, and each
+case finishes within the hypothesis deadline (the whole file takes well under a minute)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from surrogate_stats import load_surrogate
+from surrogate_stats.artifact import content_sha256
+from surrogate_stats.errors import SurrogateStatsError
+from tests.hardening.conftest import PUBLISHED
+
+FUZZ = settings(max_examples=40, deadline=timedelta(seconds=10), derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow], database=None)
+META = json.loads((PUBLISHED / "metadata.json").read_text())
+FILES = {p.name: p.read_bytes() for p in PUBLISHED.iterdir()}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**400)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4),
+    max_leaves=12)
+
+
+def _paths(obj, prefix=()):
+    """Every key path of a JSON tree."""
+    out = [prefix]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out += _paths(v, prefix + (i,))
+    return out
+
+
+PATHS = [p for p in _paths(META) if p]
+
+
+def _write(files: dict[str, bytes]) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    for name, blob in files.items():
+        (d / name).write_bytes(blob)
+    return d
+
+
+def _resigned(meta: dict, files: dict[str, bytes]) -> bytes:
+    meta = copy.deepcopy(meta)
+    for section in ("graphs", "arrays"):
+        entries = meta.get(section)
+        if isinstance(entries, dict):
+            for entry in entries.values():
+                if isinstance(entry, dict) and isinstance(entry.get("file"), str) \
+                        and entry["file"] in files:
+                    entry["sha256"] = hashlib.sha256(files[entry["file"]]).hexdigest()
+    try:
+        meta["content_sha256"] = content_sha256(meta)
+    except (ValueError, TypeError):
+        pass
+    return json.dumps(meta).encode()
+
+
+def _only_own_errors(directory: Path) -> None:
+    try:
+        load_surrogate(directory, on_extrapolation="ignore")
+    except SurrogateStatsError:
+        pass
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@FUZZ
+@given(path=st.sampled_from(PATHS), action=st.sampled_from(["delete", "replace", "extra"]),
+       value=json_values, resign=st.booleans())
+def test_mutated_metadata(path, action, value, resign):
+    meta = copy.deepcopy(META)
+    parent = meta
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    if action == "delete":
+        del parent[last]
+    elif action == "replace":
+        parent[last] = value
+    elif isinstance(parent, dict):
+        parent[f"extra_{last}"] = value
+    else:
+        parent.append(value)
+    files = dict(FILES)
+    files["metadata.json"] = _resigned(meta, files) if resign else json.dumps(meta).encode()
+    _only_own_errors(_write(files))
+
+
+@FUZZ
+@given(name=st.sampled_from(["model.onnx", "weights.npz", "metadata.json"]),
+       how=st.sampled_from(["truncate", "flip", "splice"]), where=st.floats(0, 1),
+       bit=st.integers(0, 7), junk=st.binary(max_size=64), resign=st.booleans())
+def test_damaged_files(name, how, where, bit, junk, resign):
+    files = dict(FILES)
+    blob = bytearray(files[name])
+    pos = min(int(where * len(blob)), len(blob) - 1)
+    if how == "truncate":
+        blob = blob[:pos]
+    elif how == "flip":
+        blob[pos] ^= 1 << bit
+    else:
+        blob[pos:pos + len(junk)] = junk
+    files[name] = bytes(blob)
+    if resign and name != "metadata.json":
+        files["metadata.json"] = _resigned(META, files)
+    _only_own_errors(_write(files))
+
+
+# -- workspaces and patches -----------------------------------------------------------------------
+SMALL_WS = {
+    "channels": [{"name": "SR", "samples": [
+        {"name": "bkg", "data": [50.0, 30.0],
+         "modifiers": [{"name": "bkg_unc", "type": "shapesys", "data": [5.0, 3.0]}]}]}],
+    "observations": [{"name": "SR", "data": [52.0, 29.0]}],
+    "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+    "version": "1.0.0",
+}
+SMALL_PATCH = [{"op": "add", "path": "/channels/0/samples/1",
+                "value": {"name": "signal", "data": [5.0, 2.0],
+                          "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}}]
+
+
+def _mutate(obj, path, action, value):
+    obj = copy.deepcopy(obj)
+    if not path:
+        return value
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return obj
+
+
+@FUZZ
+@given(target=st.sampled_from(["workspace", "patch"]), data=st.data(),
+       action=st.sampled_from(["delete", "replace"]), value=json_values,
+       raw=st.booleans(), junk=st.binary(max_size=32))
+def test_malformed_workspaces_and_patches(tmp_path, target, data, action, value, raw, junk):
+    pytest.importorskip("pyhf")
+    from surrogate_stats.likelihood import load_signal_workspace
+
+    ws, patch = SMALL_WS, SMALL_PATCH
+    obj = ws if target == "workspace" else patch
+    path = data.draw(st.sampled_from(_paths(obj)))
+    mutated = _mutate(obj, path, action, value)
+    text = json.dumps(mutated).encode()
+    if raw:
+        text = text[: len(text) // 2] + junk
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    (d / "ws.json").write_bytes(text if target == "workspace" else json.dumps(ws).encode())
+    (d / "patch.json").write_bytes(text if target == "patch" else json.dumps(patch).encode())
+    try:
+        load_signal_workspace(d / "ws.json", patch=d / "patch.json")
+    except SurrogateStatsError:
+        pass
+
+
+def test_the_unmutated_small_workspace_loads(tmp_path):
+    pytest.importorskip("pyhf")
+    from surrogate_stats.likelihood import load_signal_workspace
+
+    (tmp_path / "ws.json").write_text(json.dumps(SMALL_WS))
+    (tmp_path / "patch.json").write_text(json.dumps(SMALL_PATCH))
+    ws = load_signal_workspace(tmp_path / "ws.json", patch=tmp_path / "patch.json")
+    assert ws.poi == "mu"
+
+
+@settings(FUZZ, max_examples=15)
+@given(path=st.sampled_from(PATHS), value=json_values)
+def test_cli_inspect_reports_hostile_artifacts_as_one_line(capsys, path, value):
+    from surrogate_stats.cli import main
+
+    meta = _mutate(META, path, "replace", value)
+    files = dict(FILES)
+    files["metadata.json"] = _resigned(meta, files)
+    d = _write(files)
+    try:
+        code = main(["inspect", str(d)])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    err = capsys.readouterr().err
+    assert code in (0, 2)
+    if code == 2:
+        assert err.startswith("surrogate-stats: error: ") and err.count("\n") == 1
