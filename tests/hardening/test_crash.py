@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surrogate_stats.artifact import read_artifact, recover_artifact, write_artifact
+from surrogate_stats.artifact import _format, read_artifact, recover_artifact, write_artifact
 from tests.hardening.conftest import PUBLISHED, ROOT
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -96,10 +96,10 @@ def test_recovery_after_a_kill_between_the_two_renames(tmp_path):
     graphs = {"model": (PUBLISHED / "model.onnx").read_bytes()}
     spec = {"graphs": {"model": {"inputs": [], "outputs": []}}}
     write_artifact(target, {"kind": "t", "gen": 1, **spec}, graphs)
-    pid = _dead_pid()
-    old = tmp_path / f".art.old-{pid}-abcd1234"
+    tag = f"{_dead_pid()}-{_format._host()}"
+    old = tmp_path / f".art.old-{tag}-abcd1234"
     os.rename(target, old)  # the writer renamed the old artifact away ...
-    tmp = tmp_path / f".art.tmp-{pid}-xyz"
+    tmp = tmp_path / f".art.tmp-{tag}-xyz"
     tmp.mkdir()  # ... and was killed before renaming its (here: unfinished) new one in
     (tmp / "metadata.json").write_text("{")
     with pytest.raises(Exception, match="recover_artifact"):
@@ -115,7 +115,7 @@ def test_a_live_writers_temporary_directory_is_left_alone(tmp_path):
     spec = {"graphs": {"model": {"inputs": [], "outputs": []}}}
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        busy = tmp_path / f".art.tmp-{sleeper.pid}-busy"
+        busy = tmp_path / f".art.tmp-{sleeper.pid}-{_format._host()}-busy"
         busy.mkdir()
         write_artifact(target, {"kind": "t", "gen": 1, **spec}, graphs)
         assert busy.is_dir()
@@ -124,3 +124,17 @@ def test_a_live_writers_temporary_directory_is_left_alone(tmp_path):
         sleeper.wait()
     write_artifact(target, {"kind": "t", "gen": 2, **spec}, graphs)
     assert not busy.exists()
+
+
+def test_another_hosts_recent_temporary_directory_is_left_alone(tmp_path):
+    graphs = {"model": (PUBLISHED / "model.onnx").read_bytes()}
+    spec = {"graphs": {"model": {"inputs": [], "outputs": []}}}
+    other = "0" * 8 if _format._host() != "0" * 8 else "1" * 8
+    remote = tmp_path / f".art.tmp-{_dead_pid()}-{other}-remote"
+    remote.mkdir()
+    write_artifact(tmp_path / "art", {"kind": "t", **spec}, graphs)
+    assert remote.is_dir()
+    week_ago = time.time() - _format.FOREIGN_STALE_SECONDS - 60
+    os.utime(remote, (week_ago, week_ago))
+    write_artifact(tmp_path / "art", {"kind": "t", **spec}, graphs)
+    assert not remote.exists()

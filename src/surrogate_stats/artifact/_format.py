@@ -29,9 +29,11 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -155,7 +157,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>[0-9]{1,10})-[A-Za-z0-9_]+$")
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})-"
+                    r"[A-Za-z0-9_]+$")
+FOREIGN_STALE_SECONDS = 7 * 86400  # a directory of a writer on another host: kept a week
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tag() -> str:
+    """``PID-HOST``: who writes a temporary directory (checked before it is cleaned)."""
+    return f"{os.getpid()}-{_host()}"
 
 
 def _stale_siblings(directory: Path) -> list[tuple[str, Path]]:
@@ -170,7 +183,14 @@ def _stale_siblings(directory: Path) -> list[tuple[str, Path]]:
         if not m or m["name"] != directory.name:
             continue
         pid = int(m["pid"])
-        if pid == os.getpid() or _pid_alive(pid):
+        if m["host"] != _host():  # another machine's writer: its PID means nothing here
+            try:
+                age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if age < FOREIGN_STALE_SECONDS:
+                continue
+        elif pid == os.getpid() or _pid_alive(pid):
             continue  # a writer (perhaps another thread of ours) is still working on it
         if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
             continue
@@ -185,7 +205,9 @@ def recover_artifact(directory: str | Path) -> Path | None:
     artifact with two renames: ``NAME -> .NAME.old-PID-X``, then the complete new artifact
     ``.NAME.tmp-PID-Y -> NAME``. A writer killed between the two leaves no ``NAME``; this
     function renames the complete previous artifact back. Leftover temporary directories of
-    writers that are no longer running (checked by PID on this machine) are removed.
+    writers that are no longer running are removed (their names carry the writer's PID and a
+    hash of its host name; a directory of another host's writer is removed only when it is
+    older than ``FOREIGN_STALE_SECONDS``).
     :func:`write_artifact` calls it before every write.
 
     Returns:
@@ -224,7 +246,7 @@ def _replace(tmp: Path, directory: Path) -> None:
         else:
             tmp.unlink()
         return
-    old = directory.parent / f".{directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    old = directory.parent / f".{directory.name}.old-{_tag()}-{secrets.token_hex(4)}"
     os.rename(directory, old)
     try:
         os.rename(tmp, directory)
@@ -279,7 +301,7 @@ def write_artifact(directory: str | Path, metadata: dict, graphs: dict[str, byte
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     recover_artifact(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-",
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{_tag()}-",
                                 dir=directory.parent))
     try:
         for name, blob in files.items():
