@@ -319,3 +319,27 @@ def test_thread_settings_give_identical_results():
     for o in outs[1:]:
         for x, y in zip(outs[0], o):
             assert x.tobytes() == y.tobytes()
+
+
+def test_zip_bomb_with_an_understated_size_is_stopped_early(published):
+    import io
+    import struct
+    import tracemalloc
+    import zipfile
+    member = io.BytesIO()
+    np.lib.format.write_array(member, np.zeros(4_000_000))  # 32 MB of zeros -> ~30 kB
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("observed.W0.npy", member.getvalue())
+    blob = bytearray(buf.getvalue())
+    for signature, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):  # claim 1000 bytes
+        struct.pack_into("<I", blob, blob.index(signature) + offset, 1000)
+    resign(published, files={"weights.npz": bytes(blob)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArtifact, match="weights.npz.*'observed.W0' is unreadable"):
+            read_artifact(published)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20  # never unpacked the 32 MB

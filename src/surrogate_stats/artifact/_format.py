@@ -157,8 +157,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{8})-"
-                    r"[A-Za-z0-9_]+$")
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>[0-9]{1,10})-"
+                    r"(?P<host>[0-9a-f]{8})-[A-Za-z0-9_]+$")
 FOREIGN_STALE_SECONDS = 7 * 86400  # a directory of a writer on another host: kept a week
 
 
@@ -516,8 +516,7 @@ def _load_npz(blob: bytes, path: Path) -> dict[str, np.ndarray]:
         if key in out:
             raise InvalidArtifact(f"{where!r}: array {key!r} appears twice")
         try:
-            data = zf.read(info)
-            out[key] = _parse_npy(data)
+            out[key] = _parse_npy(_read_member(zf, info))
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError,
                 NotImplementedError, zlib.error) as exc:
             raise InvalidArtifact(f"{where!r}: array {key!r} is unreadable: "
@@ -525,6 +524,23 @@ def _load_npz(blob: bytes, path: Path) -> dict[str, np.ndarray]:
         if not np.all(np.isfinite(out[key])):
             raise InvalidArtifact(f"{where!r}: array {key!r} holds NaN or inf")
     return out
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, decompressed in chunks and never beyond its declared size (a zip
+    bomb whose header understates the size is stopped after that many bytes)."""
+    chunks, size = [], 0
+    with zf.open(info) as f:
+        while True:
+            chunk = f.read(min(1 << 20, info.file_size + 1 - size))
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > info.file_size:
+                raise ValueError("the member unpacks to more than the size its header "
+                                 "declares")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_npy(data: bytes) -> np.ndarray:
