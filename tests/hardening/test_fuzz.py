@@ -152,6 +152,47 @@ def _mutate(obj, path, action, value):
     return obj
 
 
+def _small_patchset():
+    import pyhf
+
+    return {
+        "metadata": {"description": "fuzz", "digests": {"sha256": pyhf.utils.digest(SMALL_WS)},
+                     "labels": ["m"], "references": {"hepdata": "ins1234567"}},
+        "patches": [{"metadata": {"name": "sig", "values": [1]}, "patch": SMALL_PATCH}],
+        "version": "1.0.0",
+    }
+
+
+@FUZZ
+@given(data=st.data(), action=st.sampled_from(["delete", "replace"]), value=json_values,
+       name=st.sampled_from(["sig", "nope", ""]))
+def test_malformed_patchsets(tmp_path, data, action, value, name):
+    pytest.importorskip("pyhf")
+    from surrogate_stats.likelihood import load_signal_workspace
+
+    ps = _small_patchset()
+    path = data.draw(st.sampled_from(_paths(ps)))
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    (d / "ws.json").write_text(json.dumps(SMALL_WS))
+    (d / "ps.json").write_text(json.dumps(_mutate(ps, path, action, value)))
+    try:
+        load_signal_workspace(d / "ws.json", patchset=d / "ps.json", patch=name)
+    except SurrogateStatsError:
+        pass
+
+
+def test_cli_train_reports_a_malformed_workspace(tmp_path, capsys):
+    from surrogate_stats.cli import main
+
+    (tmp_path / "ws.json").write_text('{"channels": 3}')
+    (tmp_path / "p.json").write_text("[]")
+    code = main(["likelihood", "train", str(tmp_path / "ws.json"), "--patch",
+                 str(tmp_path / "p.json"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("surrogate-stats: error: workspace")
+    assert not (tmp_path / "o").exists()
+
+
 @FUZZ
 @given(target=st.sampled_from(["workspace", "patch"]), data=st.data(),
        action=st.sampled_from(["delete", "replace"]), value=json_values,
@@ -182,8 +223,12 @@ def test_the_unmutated_small_workspace_loads(tmp_path):
 
     (tmp_path / "ws.json").write_text(json.dumps(SMALL_WS))
     (tmp_path / "patch.json").write_text(json.dumps(SMALL_PATCH))
+    (tmp_path / "ps.json").write_text(json.dumps(_small_patchset()))
     ws = load_signal_workspace(tmp_path / "ws.json", patch=tmp_path / "patch.json")
     assert ws.poi == "mu"
+    ws2 = load_signal_workspace(tmp_path / "ws.json", patchset=tmp_path / "ps.json",
+                                patch="sig")
+    assert ws2.spec == ws.spec
 
 
 @settings(FUZZ, max_examples=15)
