@@ -343,3 +343,16 @@ def test_zip_bomb_with_an_understated_size_is_stopped_early(published):
     finally:
         tracemalloc.stop()
     assert peak < 4 * 2**20  # never unpacked the 32 MB
+
+
+def test_make_session_checks_bytes_that_did_not_come_from_read_artifact():
+    """Kinds may build sessions from other blobs: make_session runs the same checks."""
+    from surrogate_stats.artifact._runtime import make_session
+
+    model = _model()
+    model.graph.node[0].domain = "com.microsoft"
+    spec = read_artifact(PUBLISHED)[0]["graphs"]["model"]
+    with pytest.raises(InvalidArtifact, match="model.onnx: graph.node\\[0\\].*com.microsoft"):
+        make_session(model.SerializeToString(), spec)
+    session = make_session((PUBLISHED / "model.onnx").read_bytes(), spec)
+    assert [o.name for o in session.get_outputs()] == ["tmu", "nll"]
