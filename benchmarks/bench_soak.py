@@ -64,7 +64,7 @@ def soak_calls(n_calls: int, progress: bool) -> dict:
         s.nll(m)
     before = memory()
     n_blocks, per_block = 100, n_calls // 100
-    reps, blocks, cpu = per_block // len(mus), [], []
+    reps, blocks, cpu, trace = per_block // len(mus), [], [], [before["rss_mib"]]
     check = 0.0
     for _ in tqdm(range(n_blocks), desc="nll calls", disable=not progress):
         t, c = time.perf_counter(), time.process_time()
@@ -73,8 +73,11 @@ def soak_calls(n_calls: int, progress: bool) -> dict:
                 check += s.nll(m)
         blocks.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+        if len(blocks) % (n_blocks // 10) == 0:
+            trace.append(round(rss_mib(), 2))
     after = memory()
     return {"calls": n_blocks * reps * len(mus), "seconds": round(sum(blocks), 2),
+            "rss_trace_mib": trace,
             "memory_before": before, "memory_after": after,
             "rss_growth": round(after["rss_mib"] / before["rss_mib"] - 1, 4),
             "latency": deciles(blocks, reps * len(mus)),
@@ -89,7 +92,7 @@ def soak_loads(n_loads: int, progress: bool) -> dict:
     for _ in range(10):  # warm-up: first imports, allocator pools
         load_surrogate(ARTIFACT).nll(1.0)
     before = memory()
-    times, cpu = [], []
+    times, cpu, trace = [], [], [before["rss_mib"]]
     for _ in tqdm(range(n_loads), desc="load/unload", disable=not progress):
         t, c = time.perf_counter(), time.process_time()
         s = load_surrogate(ARTIFACT)
@@ -97,8 +100,10 @@ def soak_loads(n_loads: int, progress: bool) -> dict:
         del s
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+        if len(times) % (n_loads // 10) == 0:
+            trace.append(round(rss_mib(), 2))
     after = memory()
-    return {"loads": n_loads, "seconds": round(sum(times), 2),
+    return {"loads": n_loads, "seconds": round(sum(times), 2), "rss_trace_mib": trace,
             "memory_before": before, "memory_after": after,
             "rss_growth": round(after["rss_mib"] / before["rss_mib"] - 1, 4),
             "latency": _ms(deciles(times, 1)), "cpu_latency": _ms(deciles(cpu, 1))}
@@ -162,6 +167,9 @@ def main() -> None:
         f"{L['seconds']} s of loads. Median CPU time per call "
         f"{c['cpu_latency']['median_us']} µs, per load {L['cpu_latency']['median_ms']} ms. "
         f"Load average {result['machine']['load_average']} (1, 5, 15 min) at the end.", "",
+        "RSS (MiB) at the start and after each tenth of the run — growth is a step while the "
+        "allocator warms up, then flat:", "",
+        f"- calls: {c['rss_trace_mib']}", f"- loads: {L['rss_trace_mib']}", "",
     ]
     (out / "soak.md").write_text("\n".join(md))
 
