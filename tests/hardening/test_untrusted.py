@@ -162,6 +162,13 @@ def test_local_functions_are_refused(published, monkeypatch):
     assert "functions" in _load_refused(published, monkeypatch, "local functions")
 
 
+def test_embedded_onnxruntime_session_config_is_refused(published, monkeypatch):
+    model = _model()
+    onnx.helper.set_model_props(model, {"ort_config": '{"session_options": {}}'})
+    resign(published, files={"model.onnx": model.SerializeToString()})
+    _load_refused(published, monkeypatch, "metadata_props\\['ort_config'\\]")
+
+
 def test_symlinked_files_are_refused(published, tmp_path, monkeypatch):
     outside = tmp_path / "outside.onnx"
     outside.write_bytes((published / "model.onnx").read_bytes())  # same bytes, same hash

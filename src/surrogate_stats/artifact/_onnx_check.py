@@ -12,7 +12,9 @@ the only runtime dependencies of a loader, so ``onnx`` cannot be assumed) and re
 * an operator, an opset import or a node uses a domain other than the standard ONNX one
   (``""`` or ``"ai.onnx"``): custom and contrib domains (``com.microsoft``, ``ai.onnx.ml``,
   user domains) are never written by this library;
-* the model defines local functions (``ModelProto.functions``) or training information;
+* the model defines local functions (``ModelProto.functions``) or training information, or
+  embeds onnxruntime session options (``metadata_props['ort_config']``, honoured by
+  onnxruntime when ``ORT_LOAD_CONFIG_FROM_MODEL=1`` is set);
 * the protobuf is malformed (truncated, wrong wire types, groups, nesting deeper than
   ``MAX_GRAPH_DEPTH`` sub-graphs).
 
@@ -36,6 +38,7 @@ _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
 
 # field numbers of onnx.proto (IR version 10)
 _MODEL_OPSET, _MODEL_GRAPH, _MODEL_TRAINING, _MODEL_FUNCTIONS = 8, 7, 20, 25
+_MODEL_METADATA_PROPS = 14
 _GRAPH_NODE, _GRAPH_NAME, _GRAPH_INIT, _GRAPH_SPARSE_INIT = 1, 2, 5, 15
 _NODE_OP_TYPE, _NODE_ATTR, _NODE_DOMAIN = 4, 5, 7
 _ATTR_NAME, _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS = 1, 5, 6, 10, 11
@@ -129,6 +132,12 @@ class _Checker:
             elif number == _MODEL_FUNCTIONS:
                 raise self.refuse("functions", "the model defines local functions; this "
                                   "library writes flat graphs of standard operators only")
+            elif number == _MODEL_METADATA_PROPS:
+                for n2, w2, v2 in _fields(_message(value, wire, "metadata_props")):
+                    if n2 == _ENTRY_KEY and _string(v2, w2, "metadata_props.key") == "ort_config":
+                        raise self.refuse("metadata_props['ort_config']", "session options "
+                                          "embedded for onnxruntime are refused (this library "
+                                          "sets them itself)")
             elif number == _MODEL_TRAINING:
                 raise self.refuse("training_info", "the model carries training graphs; a "
                                   "published surrogate needs none")
