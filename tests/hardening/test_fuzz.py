@@ -27,12 +27,19 @@ FUZZ = settings(max_examples=40, deadline=timedelta(seconds=10), derandomize=Tru
 META = json.loads((PUBLISHED / "metadata.json").read_text())
 FILES = {p.name: p.read_bytes() for p in PUBLISHED.iterdir()}
 
+def _nested(depth: int):
+    out: list = []
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**400)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    | st.floats() | st.text(max_size=20),  # floats include NaN and inf (json writes NaN)
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                max_size=4),
-    max_leaves=12)
+    max_leaves=12) | st.integers(28, 400).map(_nested)  # deeper: test_untrusted.py
 
 
 def _paths(obj, prefix=()):
