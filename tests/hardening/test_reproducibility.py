@@ -98,10 +98,11 @@ def test_training_twice_with_one_seed_gives_the_same_artifact(tmp_path, three_l_
     """Same workspace, patch, seed and library versions: same numbers, same graph bytes."""
     from surrogate_stats.likelihood import train
 
-    train(three_l_workspace, tmp_path / "a", seed=3, progress=False)
-    train(three_l_workspace, tmp_path / "b", seed=3, progress=False)
-    result = diff_artifacts(tmp_path / "a", tmp_path / "b")
-    assert result["files"] == {}
-    assert set(result["causes"]) <= {"timing", "file hashes"}
-    np.testing.assert_array_equal(load_surrogate(tmp_path / "a").nll(np.linspace(0, 1, 9)),
-                                  load_surrogate(tmp_path / "b").nll(np.linspace(0, 1, 9)))
+    a, b = tmp_path / "1" / "art", tmp_path / "2" / "art"  # the name goes into the graph
+    train(three_l_workspace, a, seed=3, progress=False)
+    train(three_l_workspace, b, seed=3, progress=False)
+    result = diff_artifacts(a, b)
+    assert result["files"] == {}, result["causes"]
+    assert set(result["causes"]) <= {"timing", "file hashes"}, result["causes"]
+    np.testing.assert_array_equal(load_surrogate(a).nll(np.linspace(0, 1, 9)),
+                                  load_surrogate(b).nll(np.linspace(0, 1, 9)))
