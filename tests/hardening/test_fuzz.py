@@ -255,3 +255,87 @@ def test_cli_inspect_reports_hostile_artifacts_as_one_line(capsys, path, value):
     assert code in (0, 2)
     if code == 2:
         assert err.startswith("surrogate-stats: error: ") and err.count("\n") == 1
+
+
+# -- the wire-format ONNX checker agrees with the onnx package ----------------------------------
+def _onnx_reference_verdict(model) -> bool:
+    """True if the model is acceptable, judged through the onnx package's own API."""
+    from onnx import AttributeProto, TensorProto
+
+    ok_domain = ("", "ai.onnx")
+
+    def tensor_ok(t):
+        return t.data_location != TensorProto.EXTERNAL and len(t.external_data) == 0
+
+    def graph_ok(g):
+        if not all(tensor_ok(t) for t in g.initializer):
+            return False
+        if not all(tensor_ok(s.values) and tensor_ok(s.indices) for s in g.sparse_initializer):
+            return False
+        for n in g.node:
+            if n.domain not in ok_domain:
+                return False
+            for a in n.attribute:
+                if a.type == AttributeProto.TENSOR and not tensor_ok(a.t):
+                    return False
+                if a.type == AttributeProto.GRAPH and not graph_ok(a.g):
+                    return False
+                if not all(tensor_ok(t) for t in a.tensors):
+                    return False
+                if not all(graph_ok(sub) for sub in a.graphs):
+                    return False
+        return True
+
+    return (all(o.domain in ok_domain for o in model.opset_import) and not model.functions
+            and not model.training_info and graph_ok(model.graph)
+            and not any(p.key == "ort_config" for p in model.metadata_props))
+
+
+@FUZZ
+@given(ops=st.lists(st.tuples(
+    st.sampled_from(["external", "domain", "subgraph", "opset", "function", "props"]),
+    st.integers(0, 30), st.sampled_from(["", "ai.onnx", "com.microsoft", "x.y"]),
+    st.booleans()), max_size=4))
+def test_wire_format_checker_agrees_with_the_onnx_package(ops):
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from surrogate_stats.artifact._onnx_check import check_onnx_bytes
+    from surrogate_stats.errors import InvalidArtifact
+
+    model = onnx.load_from_string(FILES["model.onnx"])
+    for what, i, domain, flag in ops:
+        if what == "external":
+            t = model.graph.initializer[i % len(model.graph.initializer)]
+            if flag:
+                t.data_location = TensorProto.EXTERNAL
+            else:
+                e = t.external_data.add()
+                e.key, e.value = "location", "../x.bin"
+        elif what == "domain":
+            model.graph.node[i % len(model.graph.node)].domain = domain
+        elif what == "subgraph":
+            c = numpy_helper.from_array(np.zeros(1), "c")
+            if flag:
+                c.data_location = TensorProto.EXTERNAL
+            inner = helper.make_node("Constant", [], ["y"], value=c, domain=domain)
+            g = helper.make_graph([inner], "b", [],
+                                  [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1])])
+            model.graph.node.append(helper.make_node("If", ["c0"], [f"o{i}"],
+                                                     then_branch=g, else_branch=g))
+        elif what == "opset":
+            model.opset_import.append(helper.make_opsetid(domain, 1))
+        elif what == "function" and flag:
+            model.functions.append(helper.make_function(
+                "f.d", "F", ["a"], ["b"], [helper.make_node("Neg", ["a"], ["b"])],
+                [helper.make_opsetid("", 17)]))
+        elif what == "props":
+            helper.set_model_props(model, {"ort_config" if flag else "author": "x"})
+    expected = _onnx_reference_verdict(model)
+    try:
+        check_onnx_bytes(model.SerializeToString())
+        got = True
+    except InvalidArtifact:
+        got = False
+    assert got == expected
