@@ -191,7 +191,7 @@ def read_events(path, columns, *, tree: str | None = None) -> dict[str, np.ndarr
 
     Args:
         path: ``.parquet``/``.pq`` (pandas + pyarrow), ``.csv`` (pandas) or ``.root`` (uproot;
-            ``tree`` names the TTree, default: the only tree in the file).
+            ``tree`` names the TTree or RNTuple, default: the only one in the file).
         columns: column (branch) names to read.
         tree: TTree name for ROOT files.
 
@@ -222,7 +222,8 @@ def read_events(path, columns, *, tree: str | None = None) -> dict[str, np.ndarr
     if suffix == ".root":
         uproot = optional_import("uproot")
         with uproot.open(path) as f:
-            trees = [k.split(";")[0] for k, v in f.items() if v.classname == "TTree"]
+            trees = [k.split(";")[0] for k, v in f.items()
+                     if v.classname in ("TTree", "ROOT::RNTuple")]
             if tree is None:
                 if len(trees) != 1:
                     raise InvalidInput(f"{path.name} has trees {trees}; name one with tree=")
@@ -235,6 +236,7 @@ def read_events(path, columns, *, tree: str | None = None) -> dict[str, np.ndarr
             if missing:
                 raise InvalidInput(f"branches {missing} are not in {path.name}:{tree}; it has "
                                    f"{available}")
-            return {c: np.asarray(t[c].array(library="np")) for c in columns}
+            got = t.arrays(columns, library="np")
+            return {c: np.asarray(got[c]) for c in columns}
     raise InvalidInput(f"unknown file type {path.suffix!r} for {path.name}; use .parquet, .csv "
                        "or .root")
