@@ -10,14 +10,15 @@ samples, iteration :math:`n` is
    1b. events that fail it (inefficiency) get :math:`\omega_n = \nu_{n-1}\, L[(w^0\omega_n,
    T), (w^0\nu_{n-1}, T)](t)` from a particle-level classifier trained on the events that
    pass both selections (the paper's treatment of acceptance effects);
-2. *push* (particle level): :math:`\nu_n = \nu_{n-1}\, L[(w^0\omega_n, T), (w^0\nu_{n-1},
-   T)](t)` for events passing the particle selection; fakes (detector-only events) keep
-   their pulled weight :math:`\nu_n = \omega_n` so that their detector-level contribution is
-   fitted in step 1.
+2. *push* (particle level): :math:`\nu_n = L[(w^0\omega_n, T), (w^0, T)](t)` for events
+   passing the particle selection (a function of the particle level, learned against the
+   unweighted simulation as in the paper's code, so classifier noise does not compound
+   over iterations); fakes (detector-only events) keep their pulled weight
+   :math:`\nu_n = \omega_n` so that their detector-level contribution is fitted in step 1.
 
 The result is the per-event weight :math:`w^0 \nu_n` of the simulated particle level.
 Classifiers are small MLPs (optax Adam, mini-batches, early stopping on a validation split,
-warm-started from the previous iteration); ratios are :math:`e^{\text{logit}}` clipped to
+optionally warm-started from the previous iteration); ratios are :math:`e^{\text{logit}}` clipped to
 :math:`[e^{-c}, e^{c}]`.
 """
 
@@ -45,20 +46,22 @@ class OmniFoldConfig:
         hidden: hidden-layer widths of each classifier MLP.
         learning_rate: Adam learning rate.
         batch_size: mini-batch size.
-        max_epochs: epochs per classifier fit (first iteration; later ones warm-start).
+        max_epochs: maximum epochs per classifier fit.
         patience: stop after this many epochs without a better validation loss.
         val_fraction: fraction of each classifier's events held out for early stopping.
         clip_logit: ratios are ``exp(clip(logit, -clip_logit, clip_logit))``.
+        warm_start: start each iteration's classifiers from the previous iteration's.
     """
 
     n_iterations: int = 4
     hidden: tuple[int, ...] = (32, 32)
     learning_rate: float = 2e-3
     batch_size: int = 1024
-    max_epochs: int = 20
+    max_epochs: int = 30
     patience: int = 3
     val_fraction: float = 0.2
     clip_logit: float = 5.0
+    warm_start: bool = False
 
     def __post_init__(self):
         for name in ("n_iterations", "batch_size", "max_epochs", "patience"):
@@ -142,10 +145,10 @@ def omnifold(key, data: UnfoldingData, *, config: OmniFoldConfig = OmniFoldConfi
             omega[missed] = nu[missed] * ratio_b
         # step 2: push, particle level
         ratio2, models["push"] = _ratio(
-            k2, t_sim[truth], w0[truth] * omega[truth], t_sim[truth], w0[truth] * nu[truth],
+            k2, t_sim[truth], w0[truth] * omega[truth], t_sim[truth], w0[truth],
             t_sim[truth], config, models.get("push"))
         new = nu.copy()
-        new[truth] = nu[truth] * ratio2
+        new[truth] = ratio2
         new[fake] = omega[fake]
         nu = new
         hist.append(nu.copy())
@@ -229,7 +232,7 @@ def _ratio(key, xa, wa, xb, wb, x_eval, config: OmniFoldConfig, warm):
     n_val = max(1, int(config.val_fraction * len(x)))
     val, tr = perm[:n_val], perm[n_val:]
     opt, epoch, loss_fn, logit = _compiled(float(config.learning_rate), int(config.batch_size))
-    params = warm if warm is not None else _init_mlp(
+    params = warm if (warm is not None and config.warm_start) else _init_mlp(
         k_init, (x.shape[1], *config.hidden, 1))
     n_pad = _bucket(len(tr), config.batch_size)
     xt, yt, wt = _pad(x[tr], n_pad), _pad(y[tr], n_pad), _pad(w[tr], n_pad)  # zero weights pad
