@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from surrogate_stats.errors import InvalidInput
-from surrogate_stats.unfold import METHODS, UnfoldResult, compare, histogram
+from surrogate_stats.unfold import METHODS, UnfoldResult, compare, coverage, histogram
 
 SMALL = dict(n_pseudo=3, n_sim=6000, n_data=3000, n_bins=10, progress=False)
 
@@ -66,7 +66,7 @@ def test_registry_and_bad_method():
 def test_cli_prints_the_issue_json_last():
     res = subprocess.run(
         [sys.executable, "-m", "surrogate_stats", "unfold", "compare", "--toy", "gaussian",
-         "--methods", "ibu,omnifold", "--n-pseudo", "2", "--quiet"],
+         "--methods", "ibu,omnifold", "--n-pseudo", "1", "--quiet"],
         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -82,3 +82,18 @@ def test_cli_bad_toy_exits_2():
     res = subprocess.run([sys.executable, "-m", "surrogate_stats", "unfold", "compare",
                           "--toy", "nope"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_coverage_takes_any_method_callable():
+    cov = coverage("gaussian", DetectorAsTruth(), levels=(0.5, 0.9), **SMALL)
+    assert set(cov) == {0.5, 0.9} and 0 <= cov[0.5] <= cov[0.9] <= 1
+    # the detector level is not the truth: its stat-only intervals under-cover badly
+    assert cov[0.9] < 0.6
+
+    @dataclass(frozen=True)
+    class NoErrors(DetectorAsTruth):
+        def __call__(self, key, data, *, edges, progress=False):
+            return UnfoldResult("none", super().__call__(key, data, edges=edges).probs)
+
+    with pytest.raises(InvalidInput, match="no per-bin errors"):
+        coverage("gaussian", NoErrors(), **SMALL)

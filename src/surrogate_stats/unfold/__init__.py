@@ -3,7 +3,7 @@
 Numpy-only at import; JAX (OmniFold) and matplotlib (plots) are imported when used.
 """
 
-from surrogate_stats.unfold._compare import ComparisonReport, compare
+from surrogate_stats.unfold._compare import ComparisonReport, compare, coverage
 from surrogate_stats.unfold._data import (
     EventSample,
     UnfoldingData,
@@ -52,6 +52,7 @@ __all__ = [
     "check_detector_range",
     "chi2_ndf",
     "compare",
+    "coverage",
     "get_method",
     "get_toy",
     "histogram",

@@ -24,7 +24,7 @@ from surrogate_stats.unfold._metrics import (
 )
 from surrogate_stats.unfold._toys import Toy, as_generator, get_toy
 
-__all__ = ["ComparisonReport", "compare"]
+__all__ = ["ComparisonReport", "compare", "coverage"]
 
 LEVELS = (0.68, 0.95)
 
@@ -60,6 +60,7 @@ class ComparisonReport:
     seconds: dict
     example: dict = field(repr=False, default_factory=dict)
     out_of_range_fraction: float = 0.0
+    levels: tuple[float, ...] = LEVELS
 
     def median(self, method: str, metric: str) -> np.ndarray:
         """Median over pseudo-experiments, per observable."""
@@ -82,14 +83,14 @@ class ComparisonReport:
                "methods": {}}
         for m in self.methods:
             w = self.median(m, "wasserstein")
-            cov = self.coverage.get(m) or {}
+            cov = self.coverage.get(m)
             out["methods"][m] = {
                 "wasserstein": r(w),
                 "wasserstein_over_prior": r(w / np.where(w_prior > 0, w_prior, np.nan)),
                 "triangular": r(self.median(m, "triangular")),
                 "chi2_ndf": r(self.median(m, "chi2_ndf")),
-                "coverage68": None if not cov else round(cov[0.68], 4),
-                "coverage95": None if not cov else round(cov[0.95], 4),
+                **{f"coverage{round(100 * lv)}": None if cov is None else round(cov[lv], 4)
+                   for lv in self.levels},
                 "closure_wasserstein": r(self.closure[m]) if m in self.closure else None,
                 "seconds": round(self.seconds[m], 3),
             }
@@ -110,13 +111,14 @@ class ComparisonReport:
             for k, obs in enumerate(self.observables):
                 rows.append(f"| {m} | {obs} | {w[k]:.4g} | {w[k] / w_prior[k]:.3f} | "
                             f"{tri[k]:.3g} | {chi[k]:.3g} |")
-        cov = ["", "| method | coverage 68% | coverage 95% | closure W1 (per observable) | "
-               "s / unfolding |", "|---|---|---|---|---|"]
+        levels = " | ".join(f"coverage {round(100 * lv)}%" for lv in self.levels)
+        cov = ["", f"| method | {levels} | closure W1 (per observable) | s / unfolding |",
+               "|---|" + "---|" * (len(self.levels) + 2)]
         for m in self.methods:
             c = self.coverage.get(m) or {}
             cl = ", ".join(f"{v:.3g}" for v in self.closure.get(m, []))
-            cov.append(f"| {m} | {c.get(0.68, float('nan')):.3f} | "
-                       f"{c.get(0.95, float('nan')):.3f} | {cl} | {self.seconds[m]:.3g} |")
+            cs = " | ".join(f"{c.get(lv, float('nan')):.3f}" for lv in self.levels)
+            cov.append(f"| {m} | {cs} | {cl} | {self.seconds[m]:.3g} |")
         return "\n".join(rows + cov)
 
     def _repr_markdown_(self) -> str:
@@ -196,7 +198,7 @@ def _metrics(res: UnfoldResult, truth_h, edges):
 def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int = 20000,
             n_data: int = 10000, n_bins: int = 16, seed=0, closure: bool = True,
             n_reference: int | None = None, method_options: dict | None = None,
-            progress: bool = True) -> ComparisonReport:
+            levels=LEVELS, progress: bool = True) -> ComparisonReport:
     """Run unfolding methods on the same pseudo-experiments of a toy and collect metrics.
 
     One simulated sample (the prior) is drawn once; each pseudo-experiment draws fresh "data"
@@ -217,6 +219,7 @@ def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int =
         n_reference: events of the population-truth sample (default ``max(20 n_data, 2e5)``).
         method_options: ``{name: {option: value}}`` passed to the registry factories, e.g.
             ``{"omnifold": {"n_bootstrap": 10}}``.
+        levels: confidence levels of the coverage check.
         progress: tqdm bars.
 
     Returns:
@@ -291,7 +294,7 @@ def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int =
                                  for k in range(len(edges))]
     truth_flat = np.concatenate(population)
     coverage = {n: (interval_coverage(np.array(est[n]), np.array(err[n]), truth_flat,
-                                      levels=LEVELS) if len(est[n]) == n_pseudo else None)
+                                      levels=levels) if len(est[n]) == n_pseudo else None)
                 for n in names}
     clo = {}
     if closure:
@@ -307,4 +310,25 @@ def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int =
         toy.name, tuple(toy.names), [e.tolist() for e in edges], settings,
         {n: {k: np.array(v) for k, v in d.items()} for n, d in metrics.items()},
         coverage, clo, {n: float(np.median(t)) for n, t in times.items()}, example,
-        float(np.mean(fracs)))
+        float(np.mean(fracs)), tuple(levels))
+
+
+def coverage(toy, method, *, n_pseudo: int = 20, levels=LEVELS, **kwargs) -> dict[float, float]:
+    """Per-bin interval coverage of one method over pseudo-experiments of a toy.
+
+    ``method`` is a registry name or any callable with the method signature (see
+    :mod:`~surrogate_stats.unfold._methods`); the other keywords go to :func:`compare`.
+
+    Returns:
+        ``{level: fraction of (bin, observable, pseudo-experiment) intervals containing the
+        population truth}``.
+
+    Raises:
+        InvalidInput: the method returns no per-bin errors.
+    """
+    rep = compare(toy, [method], n_pseudo=n_pseudo, levels=levels, closure=False, **kwargs)
+    cov = rep.coverage[rep.methods[0]]
+    if cov is None:
+        raise InvalidInput(f"method {rep.methods[0]!r} returns no per-bin errors; its "
+                           "coverage cannot be checked")
+    return cov
