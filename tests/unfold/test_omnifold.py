@@ -32,7 +32,7 @@ def test_gaussian_example_converges_to_the_data_truth():
 
 
 def test_efficiency_and_fakes_move_the_prior_towards_the_truth():
-    d = TOYS["multidim"].make(1, n_sim=N, n_data=N)
+    d = TOYS["multidim"].make(1, n_sim=N, n_data=N // 2)
     res = omnifold(jax.random.key(1), d, config=OmniFoldConfig(n_iterations=2))
     st, sw = d.sim.particle[d.sim.passed_truth], res.weights[d.sim.passed_truth]
     truth = np.nanmean(d.data.truth()[0], axis=0)
