@@ -48,6 +48,9 @@ class ComparisonReport:
             own truth.
         seconds: ``{method: median seconds per unfolding}``.
         example: first pseudo-experiment's histograms for the plots.
+        out_of_range_fraction: mean fraction of measured events outside the simulated
+            detector-level range (the methods extrapolate there).
+        levels: confidence levels of ``coverage``.
     """
 
     toy: str
@@ -78,6 +81,7 @@ class ComparisonReport:
         w_prior = self.median("prior", "wasserstein")
         out = {"toy": self.toy, "observables": list(self.observables),
                "settings": self.settings,
+               "out_of_range_fraction": round(self.out_of_range_fraction, 6),
                "prior": {"wasserstein": r(w_prior),
                          "triangular": r(self.median("prior", "triangular"))},
                "methods": {}}
