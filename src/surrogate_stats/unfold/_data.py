@@ -44,7 +44,7 @@ def _as_mask(name: str, x, n: int) -> np.ndarray:
     return arr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: identity equality
 class EventSample:
     """Events with a particle level and a detector level (one row per event).
 
@@ -121,7 +121,7 @@ class EventSample:
         return self.detector[self.passed_reco], self.weights[self.passed_reco]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: identity equality
 class UnfoldingData:
     """Simulated pairs, the measured data and (for toys) the data's particle-level truth.
 

@@ -25,7 +25,7 @@ from surrogate_stats.errors import InvalidInput
 __all__ = ["IBUResult", "ibu", "response_matrix"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: identity equality
 class IBUResult:
     """Unfolded truth-bin counts, their covariance (data statistics) and the iterations."""
 

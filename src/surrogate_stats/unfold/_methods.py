@@ -24,7 +24,7 @@ __all__ = ["UnfoldResult", "IBUMethod", "OmniFoldMethod", "METHODS", "get_method
            "SimulationPrior"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: identity equality
 class UnfoldResult:
     """What every method returns, per observable on the given particle-level binning.
 

@@ -76,7 +76,7 @@ class OmniFoldConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: identity equality
 class OmniFoldResult:
     """Per-event weights of the simulated particle level after each iteration.
 
