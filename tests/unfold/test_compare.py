@@ -66,11 +66,13 @@ def test_registry_and_bad_method():
 def test_cli_prints_the_issue_json_last():
     res = subprocess.run(
         [sys.executable, "-m", "surrogate_stats", "unfold", "compare", "--toy", "gaussian",
-         "--methods", "ibu,omnifold", "--n-pseudo", "1", "--quiet"],
+         "--methods", "ibu,omnifold", "--n-pseudo", "1", "--n-sim", "6000",
+         "--n-data", "3000", "--n-bins", "10", "--quiet"],
         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["toy"] == "gaussian" and set(out["methods"]) == {"ibu", "omnifold"}
+    assert out["settings"]["n_sim"] == 6000 and out["settings"]["n_bins"] == 10
     for m in out["methods"].values():
         assert len(m["wasserstein"]) == len(m["triangular"]) == 1
         assert 0 <= m["coverage68"] <= 1 and 0 <= m["coverage95"] <= 1

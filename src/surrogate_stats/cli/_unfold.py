@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     cmp_.add_argument("--full", action="store_true",
                       help=f"full size {SIZES['full']} instead of {SIZES['small']}")
     cmp_.add_argument("--n-pseudo", type=int, help="override the number of pseudo-experiments")
+    cmp_.add_argument("--n-sim", type=int, help="override the number of simulated events")
+    cmp_.add_argument("--n-data", type=int, help="override the events per pseudo-experiment")
+    cmp_.add_argument("--n-bins", type=int, help="override the bins per observable")
     cmp_.add_argument("--seed", type=int, default=0)
     cmp_.add_argument("--plots", help="directory for one PNG per method")
     cmp_.add_argument("--report", help="write the markdown table here")
@@ -40,8 +43,9 @@ def _compare(args) -> int:
     from surrogate_stats.unfold._compare import compare
 
     size = dict(SIZES["full" if args.full else "small"])
-    if args.n_pseudo is not None:
-        size["n_pseudo"] = args.n_pseudo
+    for name in ("n_pseudo", "n_sim", "n_data", "n_bins"):
+        if getattr(args, name) is not None:
+            size[name] = getattr(args, name)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     report = compare(args.toy, methods, seed=args.seed, progress=not args.quiet, **size)
     table = report.table()
