@@ -99,3 +99,12 @@ def test_coverage_takes_any_method_callable():
 
     with pytest.raises(InvalidInput, match="no per-bin errors"):
         coverage("gaussian", NoErrors(), **SMALL)
+
+
+def test_cli_unknown_method_is_one_line_exit_2():
+    res = subprocess.run([sys.executable, "-m", "surrogate_stats", "unfold", "compare",
+                          "--toy", "gaussian", "--methods", "ibu,nope", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "surrogate-stats: error: unknown unfolding method 'nope'")
