@@ -120,3 +120,13 @@ def test_read_parquet_csv_root(tmp_path):
     with uproot.recreate(tmp_path / "one.root") as f:
         f.mktree("t", {"a": np.float64}).extend({"a": x[:, 0]})
     np.testing.assert_allclose(read_events(tmp_path / "one.root", ["a"])["a"], x[:, 0])
+
+
+def test_real_data_without_truth_unfolds():
+    toy = TOYS["gaussian"]
+    sim = toy.simulate(0, 3000)
+    data = EventSample.measured_only(toy.sample_data(1, 2000).detector[:, 0], names=["x"])
+    assert not data.passed_truth.any() and data.measured()[0].shape == (2000, 1)
+    d = UnfoldingData(sim, data, has_truth=False)
+    res = IBUMethod()(None, d, edges=[np.linspace(-3, 3, 13)])
+    assert res.probs[0].sum() == pytest.approx(1.0) and np.all(res.errors[0] > 0)

@@ -105,6 +105,15 @@ class EventSample:
             raise InvalidInput(f"expected {d} observable names; got {len(names)}")
         return cls(p, det, w, reco, truth, names)
 
+    @classmethod
+    def measured_only(cls, detector, *, weights=None, names=None) -> EventSample:
+        """Real data: detector-level events only (particle level NaN, ``passed_truth`` False)."""
+        det = _as_2d("detector", detector)
+        n = det.shape[0]
+        return cls.from_arrays(np.full_like(det, np.nan), det, weights=weights,
+                               passed_reco=np.ones(n, bool), passed_truth=np.zeros(n, bool),
+                               names=names)
+
     def __len__(self) -> int:
         return self.particle.shape[0]
 
