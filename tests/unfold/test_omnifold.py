@@ -11,7 +11,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::surrogate_stats.errors.Extrapol
 
 N = 10000
 CLOSURE_TOL = 0.08  # moment shifts when simulation is unfolded onto simulation
-MOMENT_TOL = 0.1  # 2-run average at 10^4 events (8 seeds: pairs within 0.07); the prior is 0.2 off
+MOMENT_TOL = 0.1  # 2-run average, 10^4 events (4 seed pairs: within 0.07); prior 0.2 off
 
 
 def _moments(x, w):
