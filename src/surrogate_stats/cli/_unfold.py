@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-# run sizes: the default is small (about a minute on two shared cores), --full for the docs
+# run sizes: the default is small (about two minutes per toy on two shared cores); --full is
+# the full size (hours there)
 SIZES = {
     "small": dict(n_sim=10000, n_data=5000, n_pseudo=4, n_bins=12,
                   method_options={"omnifold": {"n_bootstrap": 3}}),
