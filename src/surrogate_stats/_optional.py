@@ -16,6 +16,9 @@ _EXTRA = {
     "matplotlib": "plots",
     "tqdm": "train",
     "scipy": "train",
+    "pandas": "io",
+    "pyarrow": "io",
+    "uproot": "io",
 }
 
 

@@ -1,0 +1,210 @@
+"""Unfolding methods behind one calling convention, and their registry.
+
+A *method* is any callable ``method(key, data, *, edges, progress=False) -> UnfoldResult``
+where ``data`` is an :class:`~surrogate_stats.unfold.UnfoldingData` and ``edges`` a list of
+per-observable particle-level bin edges. :data:`METHODS` maps a name to a zero-argument
+factory of a default-configured method; a new method (e.g. the conditional-flow unfolder) is
+added with one line, ``METHODS["flow"] = FlowMethod``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from surrogate_stats.errors import InvalidInput
+from surrogate_stats.unfold._data import UnfoldingData
+from surrogate_stats.unfold._ibu import ibu, response_matrix
+from surrogate_stats.unfold._metrics import histogram
+from surrogate_stats.unfold._omnifold import OmniFoldConfig, omnifold
+
+__all__ = ["UnfoldResult", "IBUMethod", "OmniFoldMethod", "METHODS", "get_method",
+           "SimulationPrior"]
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: identity equality
+class UnfoldResult:
+    """What every method returns, per observable on the given particle-level binning.
+
+    Attributes:
+        method: method name.
+        probs: per observable, bin probabilities (unit sum over the binning range).
+        errors: per observable, the per-bin standard deviations the method claims, or None
+            when it gives none.
+        samples: optional unbinned result ``(particle (n, d), weights (n,))`` (OmniFold:
+            the simulated particle level with its final weights; a flow: posterior draws).
+        info: method-specific extras (JSON-able).
+    """
+
+    method: str
+    probs: tuple[np.ndarray, ...]
+    errors: tuple[np.ndarray, ...] | None = None
+    samples: tuple[np.ndarray, np.ndarray] | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _check_edges(data: UnfoldingData, edges) -> list[np.ndarray]:
+    edges = [np.asarray(e, dtype=float) for e in edges]
+    if len(edges) != len(data.names):
+        raise InvalidInput(f"expected bin edges for {len(data.names)} observables "
+                           f"{list(data.names)}; got {len(edges)}")
+    n_meas = int(data.data.passed_reco.sum())
+    for name, e in zip(data.names, edges):
+        if e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0):
+            raise InvalidInput(f"edges of {name!r} must be increasing with >= 2 entries")
+        if n_meas < 5 * (e.size - 1):
+            raise InvalidInput(
+                f"too few events for the requested binning: {n_meas} measured events for "
+                f"{e.size - 1} bins of {name!r} (need >= 5 per bin on average); use fewer "
+                "bins or more events")
+    return edges
+
+
+def _seed_words(key) -> list[int]:
+    """Integers from a JAX key (typed or raw), an int, or None (for numpy seeding)."""
+    if key is None:
+        return [0]
+    if isinstance(key, (int, np.integer)):
+        return [int(key)]
+    if "key<" in str(getattr(key, "dtype", "")):
+        import jax
+
+        key = jax.random.key_data(key)
+    return np.asarray(key).astype(np.uint64).ravel().tolist()
+
+
+@dataclass(frozen=True)
+class IBUMethod:
+    """Iterative Bayesian unfolding, one observable at a time, prior = simulated truth.
+
+    The reco binning equals the truth binning. Errors: data statistics propagated linearly
+    through the iterations (:func:`~surrogate_stats.unfold.ibu`) and the normalisation, plus
+    the simulation's statistics (response, efficiency, fakes, prior) from a Poisson
+    bootstrap of the simulated events with ``n_sim_bootstrap`` replicas (0: none).
+    """
+
+    n_iterations: int = 4
+    n_sim_bootstrap: int = 20
+    name: str = "ibu"
+
+    def __call__(self, key, data: UnfoldingData, *, edges, progress: bool = False):
+        del progress  # fast
+        edges = _check_edges(data, edges)
+        sim, dat = data.sim, data.data
+        x, w = dat.measured()
+        rng = np.random.default_rng(_seed_words(key))
+        boot = [sim.weights * rng.poisson(1.0, len(sim)) for _ in range(self.n_sim_bootstrap)]
+        probs, errs = [], []
+        for k, e in enumerate(edges):
+            counts, _ = np.histogram(x[:, k], e, weights=w)
+
+            def unfold(sim_w, counts=counts, k=k, e=e):
+                R, f, prior = response_matrix(
+                    sim.particle[:, k], sim.detector[:, k], weights=sim_w,
+                    passed_truth=sim.passed_truth, passed_reco=sim.passed_reco,
+                    truth_edges=e, reco_edges=e)
+                res = ibu(counts, R, fake_fraction=f, prior=prior + 1e-12,
+                          n_iterations=self.n_iterations)
+                n = res.unfolded
+                p = n / n.sum()
+                A = (np.eye(n.size) - p[:, None]) / n.sum()  # d p / d n
+                return p, A @ res.covariance @ A.T
+
+            p, cov = unfold(sim.weights)
+            var = np.diag(cov).copy()
+            if len(boot) >= 2:
+                var += np.var([unfold(b)[0] for b in boot], axis=0, ddof=1)
+            probs.append(p)
+            errs.append(np.sqrt(np.clip(var, 0.0, None)))
+        return UnfoldResult(self.name, tuple(probs), tuple(errs),
+                            info={"n_iterations": self.n_iterations,
+                                  "n_sim_bootstrap": self.n_sim_bootstrap})
+
+
+@dataclass(frozen=True)
+class OmniFoldMethod:
+    """OmniFold weights, histogrammed; errors from a Poisson bootstrap of the data.
+
+    Each of the ``n_bootstrap`` replicas reruns OmniFold with Poisson(1) weights on the data
+    and on the simulated events and a fresh key (statistical uncertainty of both samples and
+    the classifiers' training noise); with ``n_bootstrap < 2`` the errors are the
+    weighted-histogram ones (which ignore the data's fluctuations and are not meant for
+    coverage).
+    """
+
+    config: OmniFoldConfig = OmniFoldConfig()
+    n_bootstrap: int = 4
+    name: str = "omnifold"
+
+    def __call__(self, key, data: UnfoldingData, *, edges, progress: bool = False):
+        import warnings
+
+        from surrogate_stats._optional import optional_import
+        from surrogate_stats.errors import ExtrapolationWarning
+
+        jax = optional_import("jax")
+        edges = _check_edges(data, edges)
+        k_main, k_boot = jax.random.split(key)
+        res = omnifold(k_main, data, config=self.config, progress=progress)
+        truth = data.sim.passed_truth
+        t = data.sim.particle[truth]
+
+        def hists(weights):
+            return [histogram(t[:, k], e, weights=weights[truth]) for k, e in enumerate(edges)]
+
+        main = hists(res.weights)
+        probs = tuple(h[0] for h in main)
+        errors = tuple(h[1] for h in main)
+        if self.n_bootstrap >= 2:
+            rng = np.random.default_rng(_seed_words(k_boot))
+            reps = []
+            with warnings.catch_warnings():  # the range warning was given once above
+                warnings.simplefilter("ignore", ExtrapolationWarning)
+                for kb in jax.random.split(k_boot, self.n_bootstrap):
+                    wb = data.data.weights * rng.poisson(1.0, len(data.data))
+                    ws = data.sim.weights * rng.poisson(1.0, len(data.sim))
+                    rb = omnifold(kb, data, config=self.config, data_weights=wb,
+                                  sim_weights=ws)
+                    reps.append([h[0] for h in hists(rb.weights)])
+            errors = tuple(np.std([r[k] for r in reps], axis=0, ddof=1)
+                           for k in range(len(edges)))
+        return UnfoldResult(self.name, probs, errors, samples=(t, res.weights[truth]),
+                            info={"config": self.config.as_dict(),
+                                  "n_bootstrap": self.n_bootstrap})
+
+
+@dataclass(frozen=True)
+class SimulationPrior:
+    """The simulation's particle level as it is (the "no unfolding" reference)."""
+
+    name: str = "prior"
+
+    def __call__(self, key, data: UnfoldingData, *, edges, progress: bool = False):
+        del key, progress
+        edges = _check_edges(data, edges)
+        t, w = data.sim.truth()
+        hs = [histogram(t[:, k], e, weights=w) for k, e in enumerate(edges)]
+        return UnfoldResult(self.name, tuple(h[0] for h in hs), tuple(h[1] for h in hs),
+                            samples=(t, w))
+
+
+METHODS: dict[str, Callable[[], Callable]] = {
+    "ibu": IBUMethod,
+    "omnifold": OmniFoldMethod,
+}
+
+
+def get_method(method, **options) -> Callable:
+    """A method instance from a registry name (``options`` go to its factory), or ``method``
+    itself if it is already a callable method."""
+    if callable(method):
+        return method
+    try:
+        factory = METHODS[method]
+    except KeyError:
+        raise InvalidInput(f"unknown unfolding method {method!r}; choose from "
+                           f"{sorted(METHODS)} or pass a callable") from None
+    return factory(**options)
+
