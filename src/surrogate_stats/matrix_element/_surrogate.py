@@ -128,7 +128,8 @@ def fit_surrogate(key, process: Process, momenta: np.ndarray, me2: np.ndarray, *
     perm = np.asarray(jax.random.permutation(k_split, me2.shape[0]))
     n_val = max(int(round(config.val_fraction * me2.shape[0])), 10)
     val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    x_mean, x_std = logi[tr].mean(0), logi[tr].std(0) + 1e-12
+    x_mean, x_std = logi[tr].mean(0), logi[tr].std(0)
+    x_std = np.where(x_std < 1e-6, 1.0, x_std)  # constant invariants (e.g. s_34 = s)
     y_mean, y_std = float(target[tr].mean()), float(target[tr].std() + 1e-12)
     x = ((logi - x_mean) / x_std).astype(np.float32)
     y = ((target - y_mean) / y_std).astype(np.float32)
