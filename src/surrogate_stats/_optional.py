@@ -16,6 +16,7 @@ _EXTRA = {
     "matplotlib": "plots",
     "tqdm": "train",
     "scipy": "train",
+    "pylhe": "test",
 }
 
 

@@ -65,9 +65,11 @@ def f_eff(t_surrogate: float, t_exact: float, eps_full: float, eps_1: float,
 
 
 def reduced_maximum(values, weights=None, *, fraction: float = 1e-3) -> float:
-    """Smallest ``m`` with ``sum_i w_i max(0, v_i - m) <= fraction * sum_i w_i v_i``.
+    """Reduced maximum: the smallest sample value ``m`` such that the points above it carry at
+    most ``fraction`` of the cross section, ``sum_{v_i > m} w_i v_i <= fraction sum w_i v_i``.
 
-    ``fraction = 0`` gives the plain maximum.
+    ``weights`` (default 1) weight each point's contribution (stage 2 uses the stage-1
+    acceptance ``min(1, s/s_max)``). ``fraction = 0`` gives the plain maximum.
     """
     v = np.asarray(values, np.float64)
     w = np.ones_like(v) if weights is None else np.asarray(weights, np.float64)
@@ -77,12 +79,9 @@ def reduced_maximum(values, weights=None, *, fraction: float = 1e-3) -> float:
         raise InvalidInput("no positive values to take a maximum of")
     order = np.argsort(v)[::-1]
     v, w = v[order], w[order]
-    total = np.sum(w * v)
-    cw = np.cumsum(w)
-    cwv = np.cumsum(w * v)
-    # excess if m = v[k]: sum_{i<k} w_i (v_i - v_k) = cwv[k-1] - v_k cw[k-1]
-    excess = np.concatenate([[0.0], cwv[:-1] - v[1:] * cw[:-1]])
-    ok = np.flatnonzero(excess <= fraction * total)
+    contrib = w * v
+    above = np.concatenate([[0.0], np.cumsum(contrib)[:-1]])  # carried by points above v[k]
+    ok = np.flatnonzero(above <= fraction * contrib.sum())
     return float(v[ok[-1]])
 
 
@@ -197,8 +196,9 @@ class TwoStageUnweighter:
 
     def _surrogate(self, p):
         s = _checked_me(self.surrogate, p, "surrogate")
-        if np.any(np.isnan(s)):
-            raise InvalidInput(f"the surrogate returned {int(np.isnan(s).sum())} NaN values; "
+        if not np.all(np.isfinite(s)):
+            raise InvalidInput(f"the surrogate returned {int((~np.isfinite(s)).sum())} NaN or "
+                               "infinite values; "
                                "it must return finite |M|^2 (values <= 0 are floored)")
         return s
 
@@ -302,8 +302,10 @@ class TwoStageUnweighter:
         mom = np.concatenate(events) if events else np.zeros((0, self.process.n_particles, 4))
         wts = np.concatenate(weights) if weights else np.zeros(0)
         scale = s_max * x_max * self.unit
-        sigma = scale * float(wts.sum()) / n_trials
+        sigma = scale * float(wts.sum()) / n_trials  # sigma and its error use every trial
         second = scale**2 * float(np.sum(wts**2)) / n_trials
+        # the first n_events accepted events (of an i.i.d. sequence) are returned
+        mom, wts = mom[: int(n_events)], wts[: int(n_events)]
         sigma_err = math.sqrt(max(second - sigma**2, 0.0) / n_trials)
         if n_floored:
             warnings.warn(f"the surrogate returned values <= {floor:.3g} at {n_floored} "
@@ -372,6 +374,7 @@ def unweight_exact(seed, process, n_events: int, *, exact: Callable | None = Non
     sigma = scale * float(wts.sum()) / n_trials
     second = scale**2 * float(np.sum(wts**2)) / n_trials
     err = math.sqrt(max(second - sigma**2, 0.0) / n_trials)
+    mom, wts = mom[: int(n_events)], wts[: int(n_events)]
     return UnweightingResult(mom, wts, sigma, err,
                              {"n_events": int(mom.shape[0]), "n_trials": n_trials,
                               "n_in_cuts": n_in, "eps": n_acc / max(n_in, 1), "w_max": w_max})
