@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["structure_constants", "ddm_orderings", "ddm_colour_matrix"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def structure_constants() -> np.ndarray:
     """Totally antisymmetric ``f^{abc}`` of SU(3) (Gell-Mann normalisation), shape [8, 8, 8]."""
     f = np.zeros((8, 8, 8))
@@ -29,7 +29,7 @@ def ddm_orderings(n: int) -> list[tuple[int, ...]]:
     return [(0, *perm, n - 1) for perm in itertools.permutations(range(1, n - 1))]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ddm_colour_matrix(n: int) -> np.ndarray:
     """``C[s, s'] = sum_colours c_s c_s'^*`` for the DDM basis of n gluons, shape [(n-2)!]^2.
 

@@ -106,11 +106,13 @@ def build_onnx(model, *, name: str = "matrix_element") -> bytes:
 
 
 def save_surrogate(model, process, directory: str | Path, *, cuts: Cuts | None = None,
-                   metadata: dict | None = None) -> Path:
+                   metadata: dict | None = None, validation: dict | None = None) -> Path:
     """Write a trained |M|^2 surrogate of ``process`` as an artifact in ``directory``.
 
     ``metadata`` adds records (training, accuracy, provenance). Self-check pairs (8 fixed
-    RAMBO points and the surrogate's values) are stored and re-evaluated at load.
+    RAMBO points and the surrogate's values) are stored and re-evaluated at load;
+    ``validation`` (arrays, e.g. exact and surrogate |M|^2 on test points) goes to
+    ``validation.npz``.
     """
     cuts = process.default_cuts if cuts is None else cuts
     name = (metadata or {}).get("name") or Path(directory).name
@@ -128,7 +130,10 @@ def save_surrogate(model, process, directory: str | Path, *, cuts: Cuts | None =
         "features": {"factor": model.spec.factor, "n": model.spec.n},
         "self_check": {"momenta": p.tolist(), "log_me2": model.log_me_np(p).tolist()},
     })
-    return write_artifact(directory, meta, {"model": blob}, {"weights": model.export_arrays()})
+    arrays = {"weights": model.export_arrays()}
+    if validation:
+        arrays["validation"] = {k: np.asarray(v, np.float64) for k, v in validation.items()}
+    return write_artifact(directory, meta, {"model": blob}, arrays)
 
 
 class MatrixElementSurrogate:

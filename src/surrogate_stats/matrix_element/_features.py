@@ -78,7 +78,7 @@ class FeatureSpec:
         return {"n": self.n, "factor": self.factor}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pairs(n: int, n_in: int = 2):
     return [(i, j) for i in range(n) for j in range(i + 1, n) if (i, j) != (0, 1)]
 

@@ -39,7 +39,8 @@ def train(process, out: str | Path, *, seed: int = 0, n_train: int = 20000,
 
     Points: ``n_train`` RAMBO points inside the cuts (seed ``seed``) for training and early
     stopping, ``n_test`` fresh ones (seed ``seed + 1``) for the accuracy recorded in the
-    metadata (``accuracy``: ln-ratio distribution, median |rel err|, top-1% median).
+    metadata (``accuracy``: ln-ratio distribution, median |rel err|, top-1% median); the test
+    values themselves are stored in ``validation.npz`` (``exact_me2``, ``surrogate_me2``).
 
     Returns:
         ``(surrogate, metadata)``: the loaded :class:`MatrixElementSurrogate` and its metadata.
@@ -62,7 +63,8 @@ def train(process, out: str | Path, *, seed: int = 0, n_train: int = 20000,
     t1 = time.perf_counter()
     exact_test = process.matrix_element(pt)
     test_seconds = time.perf_counter() - t1
-    acc = accuracy(model(pt), exact_test)
+    sur_test = model(pt)
+    acc = accuracy(sur_test, exact_test)
     log(f"test accuracy: median |rel err| {acc['median_abs_rel_err']:.3g}, top 1% "
         f"{acc['top_median_abs_rel_err']:.3g}")
     meta = {
@@ -75,6 +77,7 @@ def train(process, out: str | Path, *, seed: int = 0, n_train: int = 20000,
                      "exact_seconds": test_seconds},
     }
     meta["training"]["config"]["train"] = dict(meta["training"]["config"]["train"])
-    save_surrogate(model, process, out, cuts=cuts, metadata=meta)
+    save_surrogate(model, process, out, cuts=cuts, metadata=meta,
+                   validation={"exact_me2": exact_test, "surrogate_me2": sur_test})
     sur = load_surrogate(out)
     return sur, sur.metadata

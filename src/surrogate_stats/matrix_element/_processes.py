@@ -113,7 +113,7 @@ class Process:
 _CHUNK = {"gg_gggg": 512}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(name: str, options: tuple):
     jax = optional_import("jax")
     opts = dict(options)
@@ -178,7 +178,7 @@ def _ee_qqg(p, z_exchange=False, quark_charge=2.0 / 3.0):
     return 2.0 * nc * cf * gs2 * s * num / (d[:, 2, 4] * d[:, 3, 4])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cyclic_pairs(n: int) -> np.ndarray:
     """For each of the (n-1)! orderings (0, sigma), the n adjacent pairs: [(n-1)!, n, 2]."""
     out = []
@@ -226,7 +226,8 @@ def _gluons_pt(p):
 # ----- Berends-Giele recursion for colour-ordered gluon amplitudes -----
 
 def _mdot(a, b):
-    return a[..., 0] * b[..., 0] - a[..., 1] * b[..., 1] - a[..., 2] * b[..., 2] - a[..., 3] * b[..., 3]
+    return (a[..., 0] * b[..., 0] - a[..., 1] * b[..., 1] - a[..., 2] * b[..., 2]
+            - a[..., 3] * b[..., 3])
 
 
 def polarisations(k):
@@ -300,7 +301,7 @@ def berends_giele(k, eps):
     return _mdot(J[0, m - 1], eps[..., m, :])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _helicities(n: int) -> np.ndarray:
     """Helicity configurations with leg 0 '+' and 2..n-2 negative helicities overall."""
     out = []

@@ -37,7 +37,9 @@ class UnweightingConfig:
         batch_size: RAMBO points per batch; also the batch of the timing measurement.
         exact_batch: stage-1 survivors collected before one call of the exact |M|^2.
         surrogate_floor: surrogate weights below this fraction of the calibration median are
-            raised to it (and counted), keeping ``s > 0`` where the exact weight may be.
+            raised to it (and counted), keeping ``s > 0`` where the exact weight may be. The
+            result stays unbiased for any floor; a tiny floor makes such points rare but very
+            heavy overweight events (slow convergence), a large one costs efficiency.
     """
 
     overweight_fraction: float = 1e-3
@@ -45,7 +47,7 @@ class UnweightingConfig:
     min_calibration: int = 100
     batch_size: int = 1024
     exact_batch: int = 256
-    surrogate_floor: float = 1e-6
+    surrogate_floor: float = 1e-3
 
     def __post_init__(self):
         if not 0 <= self.overweight_fraction < 1:

@@ -91,9 +91,10 @@ def fit(
 
     Full-batch: ``train_data`` and ``val_data`` are pytrees of arrays passed whole to
     ``loss_fn``; with ``config.batch_size`` each step draws a random mini-batch (from ``key``)
-    of the rows of ``train_data`` instead. Steps run in jitted chunks of ``config.chunk``; after each the validation loss
-    is checked and training stops after ``config.patience`` checks without improvement. An
-    optional L-BFGS polish follows. Deterministic for a given key and data on one machine.
+    of the rows of ``train_data`` instead. Steps run in jitted chunks of ``config.chunk``;
+    after each the validation loss is checked and training stops after ``config.patience``
+    checks without improvement. An optional L-BFGS polish follows. Deterministic for a given
+    key and data on one machine.
 
     Returns:
         The best parameters and a :class:`TrainHistory`.
