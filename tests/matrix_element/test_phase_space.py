@@ -91,3 +91,16 @@ def test_check_momenta_rejects_bad_input():
         check_momenta(bad, 4)
     with pytest.raises(InvalidInput, match="sqrt"):
         check_momenta(p, 4, 200.0)
+
+
+def test_importing_the_subpackage_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, surrogate_stats.matrix_element, surrogate_stats.cli._me\n"
+            "print([m for m in ('jax', 'optax', 'scipy', 'onnx', 'onnxruntime', 'pylhe', "
+            "'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

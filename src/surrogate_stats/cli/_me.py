@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     uw.add_argument("--batch-size", type=int, default=1024)
     uw.add_argument("--overweight-fraction", type=float, default=1e-3)
     uw.add_argument("--threads", type=int, default=1,
-                    help="onnxruntime threads (JAX is limited to the same by XLA_FLAGS)")
+                    help="onnxruntime threads; with 1, XLA (the exact |M|^2) is also limited "
+                         "to one thread unless XLA_FLAGS is already set")
     uw.add_argument("--quiet", action="store_true")
     uw.set_defaults(func=_unweight)
 
@@ -86,6 +87,12 @@ def _unweight(args) -> int:
 
     if args.n_events < 1:
         raise InvalidInput(f"--n-events must be >= 1; got {args.n_events}")
+    import os
+
+    if args.threads == 1 and "jax" not in sys.modules and "XLA_FLAGS" not in os.environ:
+        # t_exact and t_surrogate are then measured on the same single thread
+        os.environ["XLA_FLAGS"] = ("--xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1")
     sur = load_surrogate(args.artifact, threads=args.threads)
     if getattr(sur, "metadata", {}).get("kind") != "matrix_element":
         raise InvalidInput(f"{args.artifact} is not a matrix_element artifact")

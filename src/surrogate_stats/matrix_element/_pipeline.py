@@ -31,6 +31,18 @@ def _versions():
     return out
 
 
+def _label(process, p, progress, desc):
+    """Exact |M|^2 at ``p`` in blocks, with a progress bar."""
+    tqdm = optional_import("tqdm.auto").tqdm
+    block = 2048
+    out = np.empty(p.shape[0])
+    with tqdm(total=p.shape[0], desc=desc, unit="pt", disable=not progress, leave=False) as bar:
+        for i in range(0, p.shape[0], block):
+            out[i:i + block] = process.matrix_element(p[i:i + block])
+            bar.update(min(block, p.shape[0] - i))
+    return out
+
+
 def train(process, out: str | Path, *, seed: int = 0, n_train: int = 20000,
           n_test: int = 5000, cuts: Cuts | None = None,
           config: SurrogateConfig = SurrogateConfig(), progress: bool = True,
@@ -55,13 +67,13 @@ def train(process, out: str | Path, *, seed: int = 0, n_train: int = 20000,
     t0 = time.perf_counter()
     p = sample_points(seed, process, int(n_train), cuts)
     log(f"exact |M|^2 at {p.shape[0]} training points ...")
-    me2 = process.matrix_element(p)
+    me2 = _label(process, p, progress, f"exact {process.name}")
     label_seconds = time.perf_counter() - t0
     model, record = fit_surrogate(jax.random.key(seed), process, p, me2, config=config,
                                   progress=progress)
     pt = sample_points(seed + 1, process, int(n_test), cuts)
     t1 = time.perf_counter()
-    exact_test = process.matrix_element(pt)
+    exact_test = _label(process, pt, progress, f"exact {process.name} (test)")
     test_seconds = time.perf_counter() - t1
     sur_test = model(pt)
     acc = accuracy(sur_test, exact_test)
