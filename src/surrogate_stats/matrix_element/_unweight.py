@@ -205,21 +205,23 @@ class TwoStageUnweighter:
         return s
 
     def measure_times(self, *, repeats: int = 3) -> dict:
-        """Seconds per point of the surrogate and the exact |M|^2 at ``config.batch_size``.
+        """Seconds per point of the surrogate and the exact |M|^2 at the batch sizes the
+        unweighting calls them with (``config.batch_size`` RAMBO points for the surrogate,
+        ``config.exact_batch`` stage-1 survivors for the exact), on inside-cut points.
 
-        Each is called once first (compilation, caches) and then timed; best of ``repeats``
-        for the surrogate, of ``max(1, repeats // 3)`` for the exact.
+        Each is called once first (compilation, caches excluded) and then timed; best of
+        ``repeats`` for the surrogate, of ``max(1, repeats // 3)`` for the exact.
         """
         if self.calibration is None:
             raise InvalidInput("call calibrate() before measure_times()")
-        p = self._timing_points
-        b = self.config.batch_size
-        if p.shape[0] < b:
-            p = np.concatenate([p] * (b // p.shape[0] + 1))
-        p = p[:b]
         out = {}
-        for name, fn, rep in (("t_surrogate", self.surrogate, repeats),
-                              ("t_exact", self.exact, max(1, repeats // 3))):
+        for name, fn, rep, b in (
+                ("t_surrogate", self.surrogate, repeats, self.config.batch_size),
+                ("t_exact", self.exact, max(1, repeats // 3), self.config.exact_batch)):
+            p = self._timing_points
+            if p.shape[0] < b:
+                p = np.concatenate([p] * (b // p.shape[0] + 1))
+            p = p[:b]
             fn(p)
             best = math.inf
             for _ in range(rep):
@@ -227,7 +229,7 @@ class TwoStageUnweighter:
                 fn(p)
                 best = min(best, time.perf_counter() - t0)
             out[name] = best / b
-        out["timing_batch"] = b
+            out[f"{name}_batch"] = b
         return out
 
     # --- generation ----------------------------------------------------------------------
@@ -256,13 +258,20 @@ class TwoStageUnweighter:
         buf_p, buf_s, buf_f = [], [], []
         n_accepted = 0
 
-        def flush():
+        def flush(final=False):
             nonlocal n_accepted, sum_p2
             if not buf_p:
                 return
             pp, ss, f1 = np.concatenate(buf_p), np.concatenate(buf_s), np.concatenate(buf_f)
             buf_p.clear(), buf_s.clear(), buf_f.clear()
-            w = _checked_me(self.exact, pp, "exact")
+            k = pp.shape[0] if final else (pp.shape[0] // cfg.exact_batch) * cfg.exact_batch
+            if k < pp.shape[0]:  # keep the remainder for the next call: batches of exact_batch
+                buf_p.append(pp[k:]), buf_s.append(ss[k:]), buf_f.append(f1[k:])
+                pp, ss, f1 = pp[:k], ss[:k], f1[:k]
+            if k == 0:
+                return
+            w = np.concatenate([_checked_me(self.exact, pp[i:i + cfg.exact_batch], "exact")
+                                for i in range(0, k, cfg.exact_batch)])
             _check_exact(w, pp)
             x = w / ss
             prob2 = np.minimum(1.0, x / x_max)
@@ -298,7 +307,7 @@ class TwoStageUnweighter:
                     flush()
                 bar.update(n_accepted - before)
             before = n_accepted
-            flush()
+            flush(final=True)  # every stage-1 survivor's trial counts in sigma: evaluate all
             bar.update(n_accepted - before)
 
         mom = np.concatenate(events) if events else np.zeros((0, self.process.n_particles, 4))
