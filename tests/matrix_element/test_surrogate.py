@@ -154,3 +154,9 @@ def test_training_bad_input():
         train(proc, "/nonexistent/x", n_train=10)
     with pytest.raises(InvalidInput, match="factor"):
         feature_spec("gg_gg", 4, "dipole")
+
+
+def test_train_config_batch_size_is_checked():
+    with pytest.raises(InvalidInput, match="batch_size"):
+        TrainConfig(batch_size=0)
+    assert TrainConfig().batch_size is None  # full batch stays the default
