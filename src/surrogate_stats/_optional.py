@@ -19,6 +19,7 @@ _EXTRA = {
     "pandas": "io",
     "pyarrow": "io",
     "uproot": "io",
+    "pylhe": "test",
 }
 
 

@@ -14,6 +14,7 @@ from surrogate_stats.errors import SurrogateStatsError
 COMMAND_MODULES: tuple[str, ...] = (
     "surrogate_stats.cli._artifact",
     "surrogate_stats.cli._unfold",
+    "surrogate_stats.cli._me",
 )
 
 

@@ -25,6 +25,8 @@ class TrainConfig:
         chunk: steps per validation check (and progress-bar update).
         patience: stop after this many checks without a better validation loss.
         polish_steps: L-BFGS steps after Adam, kept only if they lower the validation loss.
+        batch_size: None for full-batch steps; otherwise each Adam step uses a random
+            mini-batch of this many rows (every leaf of ``train_data`` indexed on axis 0).
     """
 
     learning_rate: float = 5e-3
@@ -32,8 +34,12 @@ class TrainConfig:
     chunk: int = 250
     patience: int = 40
     polish_steps: int = 400
+    batch_size: int | None = None
 
     def __post_init__(self):
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidInput(f"TrainConfig.batch_size must be >= 1 or None; got "
+                               f"{self.batch_size}")
         for name in ("steps", "chunk", "patience"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
@@ -84,9 +90,11 @@ def fit(
     """Minimise ``loss_fn(params, data)`` with Adam, keeping the parameters best on validation.
 
     Full-batch: ``train_data`` and ``val_data`` are pytrees of arrays passed whole to
-    ``loss_fn``. Steps run in jitted chunks of ``config.chunk``; after each the validation loss
-    is checked and training stops after ``config.patience`` checks without improvement. An
-    optional L-BFGS polish follows. Deterministic for a given key and data on one machine.
+    ``loss_fn``; with ``config.batch_size`` each step draws a random mini-batch (from ``key``)
+    of the rows of ``train_data`` instead. Steps run in jitted chunks of ``config.chunk``;
+    after each the validation loss is checked and training stops after ``config.patience``
+    checks without improvement. An optional L-BFGS polish follows. Deterministic for a given
+    key and data on one machine.
 
     Returns:
         The best parameters and a :class:`TrainHistory`.
@@ -94,7 +102,9 @@ def fit(
     jax = optional_import("jax")
     optax = optional_import("optax")
     tqdm = optional_import("tqdm.auto").tqdm
-    del key  # full-batch Adam is deterministic; the key is kept for a uniform signature
+    n_rows = None
+    if config.batch_size is not None:
+        n_rows = int(jax.tree_util.tree_leaves(train_data)[0].shape[0])
 
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, min(500, config.steps // 10 + 1), config.steps,
@@ -103,13 +113,18 @@ def fit(
     state = opt.init(params)
 
     @jax.jit
-    def run_chunk(params, state):
-        def step(carry, _):
+    def run_chunk(params, state, chunk_key):
+        def step(carry, step_key):
             p, s = carry
-            loss, grads = jax.value_and_grad(loss_fn)(p, train_data)
+            data = train_data
+            if n_rows is not None:
+                idx = jax.random.randint(step_key, (min(config.batch_size, n_rows),), 0, n_rows)
+                data = jax.tree_util.tree_map(lambda a: a[idx], train_data)
+            loss, grads = jax.value_and_grad(loss_fn)(p, data)
             updates, s = opt.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), loss
-        (params, state), losses = jax.lax.scan(step, (params, state), None, length=config.chunk)
+        keys = jax.random.split(chunk_key, config.chunk)
+        (params, state), losses = jax.lax.scan(step, (params, state), keys)
         return params, state, losses[-1], loss_fn(params, val_data)
 
     history = TrainHistory([], [], 0, False)
@@ -117,7 +132,7 @@ def fit(
     n_chunks = math.ceil(config.steps / config.chunk)
     with tqdm(total=n_chunks, desc=desc, unit="chunk", disable=not progress, leave=False) as bar:
         for i in range(n_chunks):
-            params, state, tl, vl = run_chunk(params, state)
+            params, state, tl, vl = run_chunk(params, state, jax.random.fold_in(key, i))
             tl, vl = float(tl), float(vl)
             history.train_loss.append(tl)
             history.val_loss.append(vl)
