@@ -16,6 +16,12 @@ _EXTRA = {
     "matplotlib": "plots",
     "tqdm": "train",
     "scipy": "train",
+    "sklearn": "flows",
+    "pandas": "io",
+    "pyarrow": "io",
+    "uproot": "io",
+    "torch": "torch",
+    "nflows": "torch",
 }
 
 

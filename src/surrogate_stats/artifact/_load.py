@@ -13,6 +13,7 @@ __all__ = ["load_surrogate"]
 # kind -> "module:function(meta, graphs, arrays, **options)"; imported only when used
 LOADERS = {
     "profile_likelihood": "surrogate_stats.likelihood._export:from_artifact",
+    "correction_flow": "surrogate_stats.flows._artifact:from_artifact",
 }
 
 

@@ -11,7 +11,7 @@ from surrogate_stats.errors import SurrogateStatsError
 
 # Further command groups: modules with ``register(subparsers)``; imported when the parser is
 # built (they must import nothing heavy at module level).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("surrogate_stats.cli._flow",)
 
 
 def _add_patch_args(p, *, workspace_flag: bool):
