@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,8 +89,8 @@ def main(argv=None):
     w_ratio = rep["wasserstein_ratio"]
     sf = rep["spike_fractions"]
     result = {
-        "command": "PYTHONPATH=src python benchmarks/bench_flows.py"
-                   + (" --quick" if args.quick else ""),
+        "command": " ".join(["PYTHONPATH=src python benchmarks/bench_flows.py"]
+                            + (argv if argv is not None else sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs",
         "n_train_per_sample": args.n_train, "n_test_per_sample": args.n_test,
         "config": config.as_dict(),

@@ -27,8 +27,10 @@ def test_spike_slabs_roundtrip_exactly():
     t = spike_pre(NumpyOps(), x, rng.random(x.shape), sp, 3)
     assert np.unique(t[:, 1]).size > 4000  # continuous now
     back = spike_post(NumpyOps(), t, sp, 3)
-    np.testing.assert_array_equal(back[:, 1:], x[:, 1:])  # spikes exact, tails exact here
-    np.testing.assert_allclose(back[:, 0], x[:, 0], rtol=0, atol=1e-12)
+    on_spike = (x[:, 1] == 0.0)
+    np.testing.assert_array_equal(back[on_spike, 1], 0.0)  # spikes come back exactly
+    np.testing.assert_array_equal(back[:, 2], x[:, 2])  # a discrete variable stays exact
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12)
 
 
 def test_correct_keeps_spike_values_and_shapes(tiny_correction, toy_split):
@@ -163,6 +165,8 @@ def test_toy_differences():
     assert abs((xm[:, 4] == 0).mean() - (xd[:, 4] == 0).mean()) > 0.05
     assert abs(np.corrcoef(xm[:, 0], xm[:, 3])[0, 1] - np.corrcoef(xd[:, 0], xd[:, 3])[0, 1]) \
         > 0.05
-    np.testing.assert_allclose(cm.mean(0), cd.mean(0), rtol=0.03)  # same kinematics
+    # same kinematics for data and MC (the differences are in the variables)
+    for j, tol in enumerate((1.0, 0.05, 0.2)):
+        assert abs(cm[:, j].mean() - cd[:, j].mean()) < tol
     with pytest.raises(InvalidInput):
         photon_toy(10, sample="both")

@@ -39,7 +39,8 @@ def read_table(path, *, tree: str | None = None):
         return pd.read_csv(path)
     uproot = optional_import("uproot")
     with uproot.open(path) as f:
-        trees = sorted({k.split(";")[0] for k, v in f.items() if v.classname == "TTree"})
+        trees = sorted({k.split(";")[0] for k, v in f.classnames().items()
+                        if v in ("TTree", "TNtuple", "ROOT::RNTuple")})
         if tree is None:
             if len(trees) != 1:
                 raise InvalidInput(f"{str(path)!r} holds the trees {trees}; choose one with "
@@ -67,8 +68,10 @@ def write_table(df, path, *, tree: str = "events") -> None:
         df.to_csv(path, index=False)
     else:
         uproot = optional_import("uproot")
+        cols = {c: np.asarray(df[c]) for c in df.columns}
         with uproot.recreate(path) as f:
-            f[tree] = {c: np.asarray(df[c]) for c in df.columns}
+            t = f.mktree(tree, {c: v.dtype for c, v in cols.items()})
+            t.extend(cols)
 
 
 def columns(df, names, what) -> np.ndarray:
