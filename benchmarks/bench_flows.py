@@ -30,7 +30,7 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=100_000, help="events per sample (MC, data)")
     ap.add_argument("--n-test", type=int, default=100_000, help="held-out events per sample")
     ap.add_argument("--n-correct", type=int, default=1_000_000, help="events for the timing")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--learning-rate", type=float, default=1e-3)

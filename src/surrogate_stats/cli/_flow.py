@@ -30,7 +30,7 @@ def register(sub) -> None:
     tr.add_argument("--layers", type=int, default=6)
     tr.add_argument("--hidden", default="64,64", help="hidden sizes, e.g. 64,64")
     tr.add_argument("--knots", type=int, default=8)
-    tr.add_argument("--epochs", type=int, default=40)
+    tr.add_argument("--epochs", type=int, default=50)
     tr.add_argument("--batch-size", type=int, default=512)
     tr.add_argument("--learning-rate", type=float, default=1e-3)
     tr.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -32,7 +32,7 @@ class FlowTrainConfig:
 
     learning_rate: float = 1e-3
     batch_size: int = 512
-    max_epochs: int = 40
+    max_epochs: int = 50
     patience: int = 6
     val_fraction: float = 0.1
     clip_norm: float = 5.0
