@@ -45,8 +45,8 @@ class CorrectionConfig:
     Attributes:
         flow: ``"coupling"`` or ``"autoregressive"``.
         n_layers, hidden, knots, bound, mixing: passed to the flow constructor.
-        spike_min_fraction: a value shared exactly by at least this fraction of the events is
-            a spike (handled as a slab); 0 switches detection off... set 1.0 to disable.
+        spike_min_fraction: a value shared exactly by at least this fraction of the (pooled)
+            events is a spike, handled as a slab; 1.0 in effect switches detection off.
         flag_data, flag_mc: the values of the flag condition for data and for simulation.
         train: :class:`FlowTrainConfig`.
     """
