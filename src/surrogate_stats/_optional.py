@@ -20,6 +20,7 @@ _EXTRA = {
     "pyarrow": "io",
     "uproot": "io",
     "pylhe": "test",
+    "sklearn": "flows",
 }
 
 

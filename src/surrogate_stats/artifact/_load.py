@@ -15,6 +15,7 @@ __all__ = ["load_surrogate"]
 LOADERS = {
     "profile_likelihood": "surrogate_stats.likelihood._export:from_artifact",
     "matrix_element": "surrogate_stats.matrix_element._export:from_artifact",
+    "correction_flow": "surrogate_stats.flows._artifact:from_artifact",
 }
 
 

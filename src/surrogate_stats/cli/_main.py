@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "surrogate_stats.cli._artifact",
     "surrogate_stats.cli._unfold",
     "surrogate_stats.cli._me",
+    "surrogate_stats.cli._flow",
 )
 
 

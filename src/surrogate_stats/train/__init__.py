@@ -1,5 +1,13 @@
 """Shared training loop (optax) used by every kind of surrogate."""
 
-from surrogate_stats.train._loop import TrainConfig, TrainHistory, fit, split_indices
+from surrogate_stats.train._loop import (
+    MinibatchConfig,
+    TrainConfig,
+    TrainHistory,
+    fit,
+    fit_minibatch,
+    split_indices,
+)
 
-__all__ = ["TrainConfig", "TrainHistory", "fit", "split_indices"]
+__all__ = ["MinibatchConfig", "TrainConfig", "TrainHistory", "fit", "fit_minibatch",
+           "split_indices"]

@@ -12,7 +12,8 @@ import numpy as np
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput
 
-__all__ = ["TrainConfig", "TrainHistory", "fit", "split_indices"]
+__all__ = ["MinibatchConfig", "TrainConfig", "TrainHistory", "fit", "fit_minibatch",
+           "split_indices"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +179,125 @@ def _lbfgs(params, loss_fn, data, steps):
     out = run(params)
     ok = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(out))
     return out if ok else params
+
+
+@dataclass(frozen=True)
+class MinibatchConfig:
+    """Hyperparameters of :func:`fit_minibatch` (all JSON-able).
+
+    Attributes:
+        learning_rate: peak Adam learning rate (linear warm-up over the first epoch, then
+            cosine decay to 1e-2 of it at ``max_epochs``).
+        batch_size: events per optimiser step.
+        max_epochs: maximum passes over the training data.
+        patience: stop after this many epochs without a better validation loss.
+        clip_norm: global gradient-norm clipping.
+        weight_decay: AdamW decoupled weight decay.
+    """
+
+    learning_rate: float = 1e-3
+    batch_size: int = 512
+    max_epochs: int = 40
+    patience: int = 6
+    clip_norm: float = 5.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"MinibatchConfig.{name} must be >= 1; "
+                                   f"got {getattr(self, name)}")
+        for name in ("learning_rate", "clip_norm"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise InvalidInput(f"MinibatchConfig.{name} must be positive; got {v}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise InvalidInput(f"weight_decay must be >= 0; got {self.weight_decay}")
+
+
+def fit_minibatch(
+    key,
+    params: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    train_data: Any,
+    val_data: Any,
+    *,
+    config: MinibatchConfig = MinibatchConfig(),
+    progress: bool = True,
+    desc: str = "training",
+    val_batch: int = 65536,
+) -> tuple[Any, TrainHistory]:
+    """Minimise the mean of ``loss_fn(params, batch)`` over mini-batches, with early stopping.
+
+    ``train_data``/``val_data`` are pytrees of arrays with events on axis 0; ``loss_fn``
+    returns the mean loss of a batch. Each epoch shuffles with a key split from ``key`` and
+    runs its steps in one jitted ``lax.scan`` (the last partial batch is dropped); the
+    validation loss (event-weighted mean over chunks of ``val_batch``) is checked after every
+    epoch and the parameters with the best one are returned. Deterministic for a given key.
+    """
+    jax = optional_import("jax")
+    optax = optional_import("optax")
+    tqdm = optional_import("tqdm.auto").tqdm
+    jnp = jax.numpy
+    n = len(jax.tree_util.tree_leaves(train_data)[0])
+    bs = min(config.batch_size, n)
+    steps_per_epoch = max(n // bs, 1)
+    total = steps_per_epoch * config.max_epochs
+    warmup = min(steps_per_epoch, total // 2)
+    schedule = optax.warmup_cosine_decay_schedule(
+        config.learning_rate * 0.1, config.learning_rate, warmup, max(total, warmup + 1),
+        config.learning_rate * 1e-2)
+    opt = optax.chain(optax.clip_by_global_norm(config.clip_norm),
+                      optax.adamw(schedule, weight_decay=config.weight_decay))
+    state = opt.init(params)
+    train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
+
+    @jax.jit
+    def epoch(params, state, key):
+        perm = jax.random.permutation(key, n)[: steps_per_epoch * bs].reshape(
+            steps_per_epoch, bs)
+
+        def step(carry, idx):
+            p, s = carry
+            batch = jax.tree_util.tree_map(lambda a: a[idx], train_data)
+            loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+            updates, s = opt.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), loss
+        (params, state), losses = jax.lax.scan(step, (params, state), perm)
+        return params, state, jnp.mean(losses)
+
+    val_loss_jit = jax.jit(loss_fn)
+    n_val = len(jax.tree_util.tree_leaves(val_data)[0])
+
+    def val_loss(p):
+        tot = 0.0
+        for i in range(0, n_val, val_batch):
+            chunk = jax.tree_util.tree_map(lambda a, i=i: a[i:i + val_batch], val_data)
+            m = len(jax.tree_util.tree_leaves(chunk)[0])
+            tot += float(val_loss_jit(p, chunk)) * m
+        return tot / max(n_val, 1)
+
+    history = TrainHistory([], [], 0, False)
+    best, best_val, since = params, math.inf, 0
+    with tqdm(total=config.max_epochs, desc=desc, unit="epoch", disable=not progress,
+              leave=False) as bar:
+        for i in range(config.max_epochs):
+            key, sub = jax.random.split(key)
+            params, state, tl = epoch(params, state, sub)
+            tl = float(tl)
+            vl = val_loss(params)
+            history.train_loss.append(tl)
+            history.val_loss.append(vl)
+            bar.update(1)
+            bar.set_postfix(train=f"{tl:.4g}", val=f"{vl:.4g}")
+            if not (math.isfinite(tl) and math.isfinite(vl)):
+                break
+            if not math.isfinite(best_val) or vl < best_val - 1e-4 * max(1.0, abs(best_val)):
+                best, best_val, since = params, vl, 0
+                history.best_step = (i + 1) * steps_per_epoch
+            else:
+                since += 1
+                if since >= config.patience:
+                    history.stopped_early = True
+                    break
+    return best, history
