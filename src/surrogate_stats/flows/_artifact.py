@@ -110,19 +110,9 @@ class LoadedCorrection:
                 f"{list(self.variables)}, conditions={list(self.conditions)})")
 
     def _inputs(self, X, C):
-        from surrogate_stats.flows._correction import _matrix
+        from surrogate_stats.flows._correction import _event_inputs
 
-        x = _matrix("X", X, list(self.variables), len(self.variables))
-        nc = len(self.conditions)
-        if nc:
-            if C is None:
-                raise InvalidInput(f"conditions ({', '.join(self.conditions)}) are needed")
-            c = _matrix("C", C, list(self.conditions), nc)
-            if len(c) != len(x):
-                raise InvalidInput(f"X has {len(x)} events but C has {len(c)}")
-        else:
-            c = np.zeros((len(x), 0))
-        return x, c
+        return _event_inputs(X, C, self.variables, self.conditions)
 
     def _run(self, role, feed, batch_size):
         n = len(next(iter(feed.values())))

@@ -76,6 +76,20 @@ class CorrectionConfig:
         return d
 
 
+def _event_inputs(X, C, variables, conditions):
+    """(x [N, n_var], c [N, n_cond]) checked against the variable and condition names."""
+    x = _matrix("X", X, list(variables), len(variables))
+    nc = len(conditions)
+    if not nc:
+        return x, np.zeros((len(x), 0))
+    if C is None:
+        raise InvalidInput(f"conditions ({', '.join(conditions)}) are needed")
+    c = _matrix("C", C, list(conditions), nc)
+    if len(c) != len(x):
+        raise InvalidInput(f"X has {len(x)} events but C has {len(c)}")
+    return x, c
+
+
 def _matrix(name, a, columns, want_cols=None):
     """Array-like or DataFrame -> float64 (N, k); DataFrames are read by column name."""
     if hasattr(a, "columns") and columns:
@@ -297,17 +311,7 @@ class CorrectionFlow:
 
     # ------------------------------------------------------------------ use
     def _inputs(self, X, C):
-        x = _matrix("X", X, list(self.variables), len(self.variables))
-        nc = len(self.conditions)
-        if nc:
-            if C is None:
-                raise InvalidInput(f"conditions ({', '.join(self.conditions)}) are needed")
-            c = _matrix("C", C, list(self.conditions), nc)
-            if len(c) != len(x):
-                raise InvalidInput(f"X has {len(x)} events but C has {len(c)}")
-        else:
-            c = np.zeros((len(x), 0))
-        return x, c
+        return _event_inputs(X, C, self.variables, self.conditions)
 
     def correct(self, X, C=None, *, seed: int = 0, batch_size: int = 65536,
                 on_extrapolation: str = "warn") -> np.ndarray:
