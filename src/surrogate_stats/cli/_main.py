@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--n-points", type=int, default=None,
                     help="exact fits per data set (default 40)")
     tr.add_argument("--jobs", type=int, default=2, help="worker processes for the pyhf fits")
+    tr.add_argument("--checkpoint", default="auto",
+                    help="file for finished fits (default OUT.fits.jsonl; removed on success): "
+                         "rerunning a killed command resumes from it")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_train)
 
@@ -81,7 +84,8 @@ def _train(args) -> int:
     labels = LabelConfig(n_jobs=args.jobs, **({} if args.n_points is None
                                                else {"n_points": args.n_points}))
     surrogate, meta = train(ws, args.out, seed=args.seed, labels=labels,
-                            progress=not args.quiet, log=_log(args.quiet))
+                            progress=not args.quiet, log=_log(args.quiet),
+                            checkpoint=args.checkpoint)
     tm = meta["training"]
     summary = {
         "artifact": str(args.out),

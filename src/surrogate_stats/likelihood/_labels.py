@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -11,6 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -137,13 +140,76 @@ def _run_sweep(job):
     return results
 
 
+class FitCheckpoint:
+    """Finished fits of one label run, appended to a JSON-lines file as they complete.
+
+    The first line holds a fingerprint of the run's inputs (workspace, data sets, settings);
+    each further line one finished sweep: its job key and results. Label generation is
+    deterministic given the fit results, so a rerun after a kill asks for the same jobs in the
+    same order and takes the finished ones from here. A torn last line (killed mid-write) is
+    ignored; a file of another run is refused.
+    """
+
+    def __init__(self, path, fingerprint: str):
+        self.path = Path(path)
+        self.done: dict[str, list] = {}
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            try:
+                head = json.loads(lines[0]) if lines else {}
+            except ValueError:
+                head = {}
+            if head.get("fingerprint") != fingerprint:
+                raise InvalidInput(f"{self.path} holds fits of a different run (other "
+                                   "workspace, patch or settings); delete it or choose "
+                                   "another checkpoint file")
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                    self.done[rec["key"]] = rec["results"]
+                except (ValueError, KeyError, TypeError):
+                    break  # torn write: everything after it is recomputed
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append({"fingerprint": fingerprint})
+        self.n_resumed = 0
+
+    def _append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    @staticmethod
+    def key(job, bounds) -> str:
+        d, mus, init = job
+        init_hash = None if init is None else hashlib.sha256(
+            np.asarray(init, dtype=float).tobytes()).hexdigest()
+        return json.dumps([d, [None if m is None else repr(float(m)) for m in mus],
+                           [repr(float(b)) for b in bounds], init_hash])
+
+    def get(self, key):
+        rs = self.done.get(key)
+        if rs is None:
+            return None
+        self.n_resumed += len(rs)
+        return [FitResult(mu=r[0], nll=r[1], pars=tuple(r[2]), attempts=r[3]) for r in rs]
+
+    def put(self, key, results) -> None:
+        if all(isinstance(r, FitResult) for r in results):  # failures are recomputed
+            rec = [[r.mu, r.nll, list(r.pars), r.attempts] for r in results]
+            self.done[key] = rec
+            self._append({"key": key, "results": rec})
+
+
 class _Runner:
     """Runs fit jobs serially or on a process pool, with one progress bar."""
 
-    def __init__(self, spec, datasets, bounds, n_jobs, backend, progress):
+    def __init__(self, spec, datasets, bounds, n_jobs, backend, progress, checkpoint=None):
         self.bounds = bounds
         self.n_fits = 0
         self.n_retried = 0
+        self.checkpoint = checkpoint
         # fork is quick, but forking a process that already runs JAX threads can deadlock:
         # then spawn (which needs the usual `if __name__ == "__main__":` guard in scripts)
         method = "spawn" if "jax" in sys.modules else "fork"
@@ -159,8 +225,16 @@ class _Runner:
     def sweeps(self, jobs: Sequence[tuple]) -> list[FitResult | FitFailure]:
         """Run sweeps ``(data, [mu, ...], init)``; results flattened in job order."""
         results = []
-        for rs in self._pool.map(_run_sweep, [(d, mus, init, self.bounds)
-                                              for d, mus, init in jobs]):
+        cp = self.checkpoint
+        keys = [cp.key(job, self.bounds) if cp else None for job in jobs]
+        cached = [cp.get(k) if cp else None for k in keys]
+        todo = [(d, mus, init, self.bounds) for (d, mus, init), c in zip(jobs, cached)
+                if c is None]
+        fresh = iter(self._pool.map(_run_sweep, todo))
+        for key, c in zip(keys, cached):
+            rs = c if c is not None else next(fresh)
+            if c is None and cp is not None:
+                cp.put(key, rs)
             results.extend(rs)
             self.progress.update(len(rs))
         self.n_fits += len(results)
@@ -212,6 +286,7 @@ def generate_labels(
     config: LabelConfig = LabelConfig(),
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> LikelihoodLabels:
     """Compute exact profiled-NLL labels with pyhf on observed and Asimov data.
 
@@ -223,6 +298,10 @@ def generate_labels(
     from other starts; points that still fail are left out and listed in ``failed_mu``. A
     conditional fit below the free minimum triggers a new free fit from its parameters, and
     a point above its neighbours' interpolation is refitted from their parameters.
+
+    With ``checkpoint`` (a file path), every finished fit is appended to that file at once
+    (:class:`FitCheckpoint`); rerunning after an interruption takes those fits from it instead
+    of recomputing them and gives the same labels.
 
     Raises:
         FitFailure: a free fit, or more than 10% of the grid, failed.
@@ -249,7 +328,16 @@ def generate_labels(
 
     bar = tqdm(total=2 * (config.n_points + 4), desc="pyhf labels", unit="fit",
                disable=not progress, leave=False)
-    runner = _Runner(workspace.spec, datasets, (lo, hi), config.n_jobs, config.backend, bar)
+    cp = None
+    if checkpoint is not None:
+        run = {k: v for k, v in asdict(config).items() if k != "n_jobs"}
+        fingerprint = hashlib.sha256(json.dumps(
+            [workspace.spec, datasets, run], sort_keys=True, default=str).encode()).hexdigest()
+        cp = FitCheckpoint(checkpoint, fingerprint)
+        if cp.done:
+            log(f"resuming from {checkpoint}: {sum(map(len, cp.done.values()))} finished fits")
+    runner = _Runner(workspace.spec, datasets, (lo, hi), config.n_jobs, config.backend, bar,
+                     checkpoint=cp)
     try:
         # 1. unconditional minima (mu bounded to [lo, hi])
         free = dict(zip(DATASETS, runner.map([(d, None, None) for d in DATASETS])))

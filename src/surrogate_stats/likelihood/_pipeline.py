@@ -35,8 +35,12 @@ def versions() -> dict:
 
 def train(workspace: SignalWorkspace, out: str | Path, *, seed: int = 0,
           labels: LabelConfig = LabelConfig(), config: SurrogateConfig = SurrogateConfig(),
-          progress: bool = True, log=None) -> tuple:
+          progress: bool = True, log=None, checkpoint: str | Path | None = "auto") -> tuple:
     """Compute exact labels, fit the surrogate, save the artifact in ``out``.
+
+    Finished fits go to ``checkpoint`` as they complete (``"auto"``: ``<out>.fits.jsonl``;
+    None: no checkpoint), so a killed run restarted with the same arguments resumes without
+    recomputing them; the file is removed once the artifact is written.
 
     Returns:
         ``(surrogate, metadata)`` of the saved artifact.
@@ -45,7 +49,10 @@ def train(workspace: SignalWorkspace, out: str | Path, *, seed: int = 0,
     if not isinstance(seed, int) or seed < 0:
         raise InvalidInput(f"seed must be a non-negative integer; got {seed!r}")
     t0 = time.perf_counter()
-    lab = generate_labels(workspace, config=labels, progress=progress, log=log)
+    if checkpoint == "auto":
+        checkpoint = Path(f"{Path(out)}.fits.jsonl")
+    lab = generate_labels(workspace, config=labels, progress=progress, log=log,
+                          checkpoint=checkpoint)
     t1 = time.perf_counter()
     surrogate, metrics = fit_surrogate(jax.random.key(seed), lab, config=config,
                                        progress=progress)
@@ -64,6 +71,8 @@ def train(workspace: SignalWorkspace, out: str | Path, *, seed: int = 0,
         "validation": {},
     }
     save_surrogate(surrogate, out, metadata=meta)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     return surrogate, meta
 
 
