@@ -106,7 +106,7 @@ def build(name, *, seed=0, perturb=0.3, train_steps=0):
     torch.manual_seed(seed)
     make, ctx = _ctors()[name]
     flow = NFlow(CompositeTransform(make()), StandardNormal([D]))
-    x, c = _data(ctx, 512, seed=seed + 1, dtype=np.float32)
+    x, c = _data(ctx, 256, seed=seed + 1, dtype=np.float32)
     xt, ct = torch.from_numpy(x), (torch.from_numpy(c) if ctx else None)
     if train_steps:
         opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
@@ -154,7 +154,7 @@ def test_log_prob_transform_and_inverse_match_nflows_float64(name):
     nflow = nflow.double()
     flow = from_nflows(nflow, dtype=np.float64)
     assert (flow.dim, flow.cond_dim) == (D, ctx)
-    x, c = _data(ctx, 200, seed=11)  # fresh inputs, not the ones the batch norms saw
+    x, c = _data(ctx, 64, seed=11)  # fresh inputs, not the ones the batch norms saw
     with jax.enable_x64(True):
         lp = np.asarray(flow.log_prob(x, c))
         z, ld = (np.asarray(a) for a in flow.transform(x, c))
@@ -164,7 +164,7 @@ def test_log_prob_transform_and_inverse_match_nflows_float64(name):
         np.testing.assert_allclose(z, z_ref, atol=F64_ATOL, rtol=0)
         np.testing.assert_allclose(ld, ld_ref, atol=F64_ATOL, rtol=0)
         # sampling with given noise = nflows' inverse of that noise
-        noise = np.random.default_rng(12).standard_normal((200, D))
+        noise = np.random.default_rng(12).standard_normal((64, D))
         xs, lds = (np.asarray(a) for a in flow.inverse(noise, c))
         xs_ref, lds_ref = _nflows_inverse(nflow, noise, c)
         np.testing.assert_allclose(xs, xs_ref, atol=F64_ATOL, rtol=0)
@@ -175,11 +175,11 @@ def test_log_prob_transform_and_inverse_match_nflows_float64(name):
 
 @pytest.mark.parametrize("name", ["maf_residual", "coupling_resnet"])
 def test_trained_flow_matches_in_float32_and_float64(name):
-    nflow, ctx = build(name, train_steps=25)
+    nflow, ctx = build(name, train_steps=15)
     # the training moved the weights: the flow is no longer at its initialisation
     lp0 = _nflows_log_prob(build(name, perturb=0.0)[0], *_data(ctx, 64, seed=3,
                                                                 dtype=np.float32))
-    x, c = _data(ctx, 300, seed=21, dtype=np.float32)
+    x, c = _data(ctx, 64, seed=21, dtype=np.float32)
     lp32_ref = _nflows_log_prob(nflow, x, c)
     assert not np.allclose(lp0, lp32_ref[:64], atol=0.05)
     got32 = np.asarray(from_nflows(nflow).log_prob(x, c))
@@ -198,8 +198,8 @@ def test_onnx_export_matches_nflows(name):
     ort = pytest.importorskip("onnxruntime")
     nflow, ctx = build(name, seed=1)
     nflow = nflow.double()
-    x, c = _data(ctx, 150, seed=31)
-    noise = np.random.default_rng(32).standard_normal((150, D))
+    x, c = _data(ctx, 64, seed=31)
+    noise = np.random.default_rng(32).standard_normal((64, D))
     lp_ref = _nflows_log_prob(nflow, x, c)
     xs_ref, _ = _nflows_inverse(nflow, noise, c)
     for dtype, tol in (("float64", None), ("float32", ONNX_F32_RTOL)):
@@ -223,7 +223,7 @@ def test_converted_flow_is_plain_json_and_arrays():
     flow = from_nflows(nflow)
     structure = json.loads(json.dumps(flow.structure()))
     back = Flow.from_arrays(structure, flow.arrays())
-    x, c = _data(ctx, 40, seed=41, dtype=np.float32)
+    x, c = _data(ctx, 64, seed=41, dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(back.log_prob(x, c)),
                                   np.asarray(flow.log_prob(x, c)))
 
