@@ -129,7 +129,7 @@ class _Converter:
         b = _np(lin.bias) if lin.bias is not None else np.zeros(w.shape[0])
         return w.T, b
 
-    def spline_head(self, w, b, n_dims, knots, net_module, min_derivative):
+    def spline_head(self, w, b, knots, net_module, min_derivative):
         """Fold nflows' ``1/sqrt(hidden_features)`` and our derivative offset into ``w, b``."""
         P = 3 * knots - 1
         col = np.arange(w.shape[1]) % P
@@ -217,7 +217,7 @@ class _Converter:
         if wf.shape[1] != dim * (3 * K - 1):
             raise InvalidInput(f"{where}: MADE gives {wf.shape[1]} outputs; expected "
                                f"{dim} x {3 * K - 1}")
-        wf, bf = self.spline_head(wf, bf, dim, K, net, opts["min_derivative"])
+        wf, bf = self.spline_head(wf, bf, K, net, opts["min_derivative"])
         j = len(items)
         arrays[f"n{j}.W"], arrays[f"n{j}.b"] = wf, bf
         items.append({"type": "dense", "act": False})
@@ -306,7 +306,7 @@ class _Converter:
         if wf.shape[1] != len(trans) * (3 * K - 1):
             raise InvalidInput(f"{where}: the conditioner gives {wf.shape[1]} outputs; expected "
                                f"{len(trans)} x {3 * K - 1}")
-        wf, bf = self.spline_head(wf, bf, len(trans), K, net, opts["min_derivative"])
+        wf, bf = self.spline_head(wf, bf, K, net, opts["min_derivative"])
         j = len(items)
         arrays[f"n{j}.W"], arrays[f"n{j}.b"] = wf, bf
         items.append({"type": "dense",
