@@ -226,6 +226,14 @@ def test_converted_flow_is_plain_json_and_arrays():
     x, c = _data(ctx, 64, seed=41, dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(back.log_prob(x, c)),
                                   np.asarray(flow.log_prob(x, c)))
+    # the numpy backend (no JAX) computes the same in float64
+    from surrogate_stats.flows._flow import flow_log_prob, prepared
+    from surrogate_stats.flows._ops import NumpyOps
+
+    n64 = from_nflows(nflow.double(), dtype=np.float64)
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    lp_np = flow_log_prob(NumpyOps(), n64, prepared(n64, np, inverse=False), x64, c64)
+    np.testing.assert_allclose(lp_np, _nflows_log_prob(nflow, x64, c64), atol=F64_ATOL, rtol=0)
 
 
 def test_one_dimensional_maf():
