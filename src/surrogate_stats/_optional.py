@@ -21,6 +21,8 @@ _EXTRA = {
     "uproot": "io",
     "pylhe": "test",
     "sklearn": "flows",
+    "torch": "nflows",
+    "nflows": "nflows",
 }
 
 

@@ -8,6 +8,8 @@ Importing this package is light: JAX, optax and onnx are imported when a functio
 * :class:`CorrectionFlow` (:class:`CorrectionConfig`): one flow with a data/MC flag condition;
   ``.fit``, ``.correct``, ``.save``; ``load_surrogate(DIR).correct(X, C)`` needs only numpy and
   onnxruntime.
+* :func:`from_nflows`: a trained nflows RQ-spline flow (MAF or coupling) as a :class:`Flow`
+  (needs the ``nflows`` extra; the converted flow does not).
 * :func:`validate_correction`: classifier AUC, Wasserstein distances, correlations, plots.
 * :mod:`surrogate_stats.flows.toys`: a photon-like toy with data/MC differences.
 """
@@ -20,6 +22,7 @@ __all__ = [
     "FlowTrainConfig",
     "fit_flow",
     "export_onnx",
+    "from_nflows",
     "CorrectionConfig",
     "CorrectionFlow",
     "validate_correction",
@@ -34,6 +37,7 @@ _LAZY = {
     "FlowTrainConfig": "surrogate_stats.flows._train",
     "fit_flow": "surrogate_stats.flows._train",
     "export_onnx": "surrogate_stats.flows._onnx",
+    "from_nflows": "surrogate_stats.flows._nflows",
     "CorrectionConfig": "surrogate_stats.flows._correction",
     "CorrectionFlow": "surrogate_stats.flows._correction",
     "validate_correction": "surrogate_stats.flows._validate",

@@ -15,6 +15,12 @@ standardised condition:
 * ``permute`` (fixed) and ``lu_linear`` (learned ``W = L U``, unit lower ``L``, upper ``U``
   with positive diagonal) mix the dimensions between spline layers.
 
+The conditioner of a spline layer is a tanh MLP (``hidden``) unless the layer spec has a
+``net``: a generic network of ``dense`` and ``residual`` items (see :func:`conditioner`), with
+any activation of :data:`ACTIVATIONS`, context fed by concatenation, addition or a gate, and,
+for ``rq_made``, MADE masks built from stored hidden degrees. This is how flows trained
+elsewhere (:func:`surrogate_stats.flows.from_nflows`) are represented exactly.
+
 Direction convention: :meth:`Flow.transform` is ``x -> z`` (the density direction),
 :meth:`Flow.inverse` is ``z -> x`` (sampling). Everything is batched (events on axis 0) and
 uses only the vocabulary of :mod:`surrogate_stats.flows._ops`, so the ONNX graph
@@ -33,7 +39,8 @@ import numpy as np
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput
 
-__all__ = ["Flow", "coupling_flow", "masked_autoregressive_flow", "rq_spline"]
+__all__ = ["Flow", "coupling_flow", "masked_autoregressive_flow", "rq_spline", "conditioner",
+           "ACTIVATIONS"]
 
 MIN_BIN = 1e-3
 MIN_DERIVATIVE = 1e-3
@@ -41,7 +48,14 @@ _D_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))  # raw 0 -> derivative 1
 
 
 # ---------------------------------------------------------------- the spline
-def rq_spline(ops, x, raw, knots: int, bound: float, *, inverse: bool = False):
+def derivative_shift(min_derivative: float = MIN_DERIVATIVE) -> float:
+    """The offset added to raw derivatives so that raw 0 gives derivative 1."""
+    return math.log(math.expm1(1.0 - min_derivative))
+
+
+def rq_spline(ops, x, raw, knots: int, bound: float, *, inverse: bool = False,
+              min_bin_width: float = MIN_BIN, min_bin_height: float = MIN_BIN,
+              min_derivative: float = MIN_DERIVATIVE):
     """Monotone rational-quadratic spline on ``[-bound, bound]``, identity outside.
 
     Args:
@@ -51,15 +65,20 @@ def rq_spline(ops, x, raw, knots: int, bound: float, *, inverse: bool = False):
             heights (softmax), interior knot derivatives (softplus); the end derivatives are
             1 so the linear tails join smoothly.
         inverse: evaluate the inverse map instead.
+        min_bin_width, min_bin_height, min_derivative: lower limits of the bins and of the
+            knot derivatives: ``w = min_w + (1 - K min_w) softmax(raw_w)`` (same for heights),
+            ``d = min_d + softplus(raw_d + log(expm1(1 - min_d)))``.
 
     Returns:
         ``(y, log|dy/dx|)`` both of shape ``(N, n)`` (for ``inverse``: the log-derivative of
         the inverse map).
     """
     K, B = knots, float(bound)
-    w = ops.softmax(ops.slice_last(raw, 0, K)) * (1.0 - MIN_BIN * K) + MIN_BIN
-    h = ops.softmax(ops.slice_last(raw, K, 2 * K)) * (1.0 - MIN_BIN * K) + MIN_BIN
-    d = ops.softplus(ops.slice_last(raw, 2 * K, 3 * K - 1) + _D_SHIFT) + MIN_DERIVATIVE
+    mw, mh, md = float(min_bin_width), float(min_bin_height), float(min_derivative)
+    w = ops.softmax(ops.slice_last(raw, 0, K)) * (1.0 - mw * K) + mw
+    h = ops.softmax(ops.slice_last(raw, K, 2 * K)) * (1.0 - mh * K) + mh
+    shift = _D_SHIFT if md == MIN_DERIVATIVE else derivative_shift(md)
+    d = ops.softplus(ops.slice_last(raw, 2 * K, 3 * K - 1) + shift) + md
     xl = ops.cumsum_excl(w) * (2 * B) - B
     yl = ops.cumsum_excl(h) * (2 * B) - B
     xr = ops.pad_last(ops.slice_last(xl, 1, K), 0, 1, B)
@@ -96,6 +115,138 @@ def rq_spline(ops, x, raw, knots: int, bound: float, *, inverse: bool = False):
 
 
 # ---------------------------------------------------------------- networks
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "silu", "leaky_relu")
+LEAKY_SLOPE = 0.01
+
+
+def sigmoid(ops, a):
+    """``1 / (1 + exp(-a))`` without overflow for either sign."""
+    e = ops.exp(-ops.abs(a))
+    return ops.where(ops.ge(a, 0.0), 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def activation(ops, name: str, a):
+    """One of :data:`ACTIVATIONS` in the op vocabulary (ELU with alpha 1, leaky slope 0.01)."""
+    if name == "relu":
+        return ops.relu(a)
+    if name == "tanh":
+        return ops.tanh(a)
+    if name == "sigmoid":
+        return sigmoid(ops, a)
+    if name == "elu":
+        return ops.relu(a) + ops.exp(-ops.relu(-a)) - 1.0
+    if name == "silu":
+        return a * sigmoid(ops, a)
+    if name == "leaky_relu":
+        return ops.relu(a) - LEAKY_SLOPE * ops.relu(-a)
+    raise InvalidInput(f"activation must be one of {ACTIVATIONS}; got {name!r}")
+
+
+def conditioner(ops, net: dict, weights: dict, h, c):
+    """A generic conditioner network, written once in the op vocabulary.
+
+    ``net = {"activation": name, "layers": [item, ...]}``; each item (index ``j``, weights
+    named ``n{j}.*`` in ``weights``) is
+
+    * ``{"type": "dense", "act": bool, "context": "none" | "add" | "add_act"}``:
+      ``h = h @ W + b``, plus ``c @ Wc + bc`` (``"add"``) or ``act(c @ Wc + bc)``
+      (``"add_act"``), then the activation if ``act``;
+    * ``{"type": "residual", "context": "none" | "add" | "glu", "pre_norm": bool}``:
+      ``t = act(h * pre_scale + pre_shift)`` (the affine only with ``pre_norm``),
+      ``t = act(t @ W0 + b0 [+ c @ Wc + bc if "add"])``, ``t = t @ W1 + b1``,
+      ``t = t * sigmoid(c @ Wc + bc)`` if ``"glu"``, and ``h = h + t``.
+
+    ``h`` is the network input (for spline layers: the conditioning features, then ``c``).
+    Masked (MADE) networks receive weights already multiplied by their masks.
+    """
+    act = net.get("activation", "relu")
+    for j, item in enumerate(net["layers"]):
+        p = f"n{j}."
+        ctx = item.get("context", "none") if c is not None else "none"
+        if item["type"] == "dense":
+            h = ops.matmul(h, weights[p + "W"]) + weights[p + "b"]
+            if ctx in ("add", "add_act"):
+                hc = ops.matmul(c, weights[p + "Wc"]) + weights[p + "bc"]
+                h = h + (activation(ops, act, hc) if ctx == "add_act" else hc)
+            if item.get("act", False):
+                h = activation(ops, act, h)
+            continue
+        t = h
+        if item.get("pre_norm", False):
+            t = t * weights[p + "pre_scale"] + weights[p + "pre_shift"]
+        t = ops.matmul(activation(ops, act, t), weights[p + "W0"]) + weights[p + "b0"]
+        if ctx == "add":
+            t = t + (ops.matmul(c, weights[p + "Wc"]) + weights[p + "bc"])
+        t = ops.matmul(activation(ops, act, t), weights[p + "W1"]) + weights[p + "b1"]
+        if ctx == "glu":
+            t = t * sigmoid(ops, ops.matmul(c, weights[p + "Wc"]) + weights[p + "bc"])
+        h = h + t
+    return h
+
+
+def check_net(net, *, masked: bool = False) -> None:
+    """Validate a ``net`` spec (structure only); raises :class:`InvalidInput`."""
+    if not isinstance(net, dict) or not isinstance(net.get("layers"), list) or not net["layers"]:
+        raise InvalidInput(f"a conditioner 'net' must be a dict with a non-empty 'layers' list; "
+                           f"got {net!r}")
+    if net.get("activation", "relu") not in ACTIVATIONS:
+        raise InvalidInput(f"net activation must be one of {ACTIVATIONS}; "
+                           f"got {net.get('activation')!r}")
+    items = net["layers"]
+    if items[0].get("type") != "dense" or items[-1].get("type") != "dense":
+        raise InvalidInput("a conditioner 'net' must start and end with a 'dense' item")
+    for item in items:
+        if item.get("type") not in ("dense", "residual"):
+            raise InvalidInput(f"net items are 'dense' or 'residual'; got {item!r}")
+        allowed = ("none", "add", "glu") if item["type"] == "residual" else (
+            "none", "add", "add_act")
+        if item.get("context", "none") not in allowed:
+            raise InvalidInput(f"the context of a {item['type']} item must be one of {allowed}; "
+                               f"got {item!r}")
+        if item["type"] == "dense" and item is not items[-1] and "size" not in item:
+            raise InvalidInput(f"hidden dense items need a 'size'; got {item!r}")
+        if masked and item is not items[-1] and "degrees" not in item:
+            raise InvalidInput("every hidden item of a masked ('rq_made') net needs 'degrees'")
+
+
+def _net_masks(spec, cond_dim):
+    """MADE masks of a generic ``rq_made`` net: ``{weight name: 0/1 matrix}``.
+
+    Input ``order[i]`` has degree ``i + 1``; hidden units have the stored ``degrees``; a hidden
+    unit of degree ``k`` sees inputs of degree ``<= k``, the outputs of dimension ``i`` (degree
+    ``d``) see hidden units of degree ``< d``; the condition is seen by every unit.
+    """
+    order = spec["order"]
+    dim = len(order)
+    deg_in = np.empty(dim, int)
+    deg_in[np.asarray(order)] = np.arange(1, dim + 1)
+    items = spec["net"]["layers"]
+    P = 3 * spec["knots"] - 1
+    prev, masks = deg_in, {}
+    for j, item in enumerate(items):
+        p = f"n{j}."
+        if item["type"] == "dense":
+            if j == len(items) - 1:
+                out = np.repeat(deg_in, P)
+                m = out[None, :] > prev[:, None]
+            else:
+                out = np.asarray(item["degrees"], int)
+                m = out[None, :] >= prev[:, None]
+            if j == 0:
+                m = np.concatenate([m, np.ones((cond_dim, len(out)), bool)], axis=0)
+            masks[p + "W"] = m
+        else:
+            inner = np.asarray(item["inner_degrees"], int)
+            out = np.asarray(item["degrees"], int)
+            if out.shape != prev.shape or np.any(out < prev):
+                raise InvalidInput("a masked residual block must not lower the degrees of its "
+                                   "input units")
+            masks[p + "W0"] = inner[None, :] >= prev[:, None]
+            masks[p + "W1"] = out[None, :] >= inner[:, None]
+        prev = out
+    return masks
+
+
 def _mlp(ops, weights, h):
     n = len(weights) // 2
     for i in range(n):
@@ -116,6 +267,41 @@ def _init_mlp(key, sizes, dtype):
         else:
             out[f"W{i}"] = jax.random.normal(keys[i], (a, b), dtype) / math.sqrt(max(a, 1))
         out[f"b{i}"] = jnp.zeros((b,), dtype)
+    return out
+
+
+def _init_net(key, net, n_in, n_out, cond_dim, dtype):
+    """Initial weights of a generic net: scaled normal, residual branches and the output
+    layer zero (every spline starts as the identity)."""
+    jax = optional_import("jax")
+    jnp = jax.numpy
+    items = net["layers"]
+    keys = jax.random.split(key, 2 * len(items))
+    out, width = {}, n_in
+    for j, item in enumerate(items):
+        p = f"n{j}."
+        if item["type"] == "dense":
+            size = n_out if j == len(items) - 1 else int(item["size"])
+            scale = 0.0 if j == len(items) - 1 else 1.0 / math.sqrt(max(width, 1))
+            out[p + "W"] = jax.random.normal(keys[2 * j], (width, size), dtype) * scale
+            out[p + "b"] = jnp.zeros((size,), dtype)
+            if item.get("context", "none") != "none":
+                out[p + "Wc"] = (jax.random.normal(keys[2 * j + 1], (cond_dim, size), dtype)
+                                 / math.sqrt(max(cond_dim, 1)))
+                out[p + "bc"] = jnp.zeros((size,), dtype)
+            width = size
+            continue
+        out[p + "W0"] = jax.random.normal(keys[2 * j], (width, width), dtype) / math.sqrt(width)
+        out[p + "b0"] = jnp.zeros((width,), dtype)
+        out[p + "W1"] = jnp.zeros((width, width), dtype)
+        out[p + "b1"] = jnp.zeros((width,), dtype)
+        if item.get("context", "none") != "none":
+            out[p + "Wc"] = (jax.random.normal(keys[2 * j + 1], (cond_dim, width), dtype)
+                             / math.sqrt(max(cond_dim, 1)))
+            out[p + "bc"] = jnp.zeros((width,), dtype)
+        if item.get("pre_norm", False):
+            out[p + "pre_scale"] = jnp.ones((width,), dtype)
+            out[p + "pre_shift"] = jnp.zeros((width,), dtype)
     return out
 
 
@@ -144,6 +330,12 @@ def _init_layer(key, spec, dim, cond_dim, dtype):
         return {"lower": jnp.zeros((dim, dim), dtype), "upper": jnp.zeros((dim, dim), dtype),
                 "log_diag": jnp.zeros((dim,), dtype), "bias": jnp.zeros((dim,), dtype)}
     P = 3 * spec["knots"] - 1
+    if "net" in spec:
+        if kind == "rq_coupling":
+            n_in, n_out = len(spec["identity"]) + cond_dim or 1, len(spec["transformed"]) * P
+        else:
+            n_in, n_out = dim + cond_dim, dim * P
+        return _init_net(key, spec["net"], n_in, n_out, cond_dim, dtype)
     if kind == "rq_coupling":
         n_in = len(spec["identity"]) + cond_dim or 1
         return _init_mlp(key, [n_in, *spec["hidden"], len(spec["transformed"]) * P], dtype)
@@ -164,6 +356,10 @@ def _prepare(spec, params, xp, cond_dim, *, inverse):
         if inverse:
             out["Winv_t"] = xp.linalg.inv(W).T
         return out
+    if kind == "rq_made" and "net" in spec:
+        masks = _net_masks(spec, cond_dim)
+        return {k: (params[k] * masks[k].astype(params[k].dtype) if k in masks else params[k])
+                for k in params}
     if kind == "rq_made":
         masks = _made_masks(spec["order"], spec["hidden"], cond_dim, 3 * spec["knots"] - 1)
         return {k: (params[k] * masks[int(k[1:])] if k.startswith("W") else params[k])
@@ -186,10 +382,17 @@ def _layer(ops, spec, k, x, c, *, inverse):
             return ops.matmul(x - k["bias"], k["Winv_t"]), -k["logdet"]
         return ops.matmul(x, k["Wt"]) + k["bias"], k["logdet"]
     K, B, P = spec["knots"], spec["bound"], 3 * spec["knots"] - 1
+    opts = {name: spec[name] for name in ("min_bin_width", "min_bin_height", "min_derivative")
+            if name in spec}
+    net = spec.get("net")
+
+    def network(inp):
+        return _mlp(ops, k, inp) if net is None else conditioner(ops, net, k, inp, c)
+
     if kind == "rq_coupling":
         ident, trans = spec["identity"], spec["transformed"]
-        raw = ops.reshape3(_mlp(ops, k, _net_input(ops, x, c, ident)), len(trans), P)
-        yb, ld = rq_spline(ops, ops.take_cols(x, trans), raw, K, B, inverse=inverse)
+        raw = ops.reshape3(network(_net_input(ops, x, c, ident)), len(trans), P)
+        yb, ld = rq_spline(ops, ops.take_cols(x, trans), raw, K, B, inverse=inverse, **opts)
         parts = ([ops.take_cols(x, ident)] if ident else []) + [yb]
         back = np.argsort(np.asarray(list(ident) + list(trans)))
         return ops.take_cols(ops.concat_cols(parts), back), ops.sum_last(ld)
@@ -198,14 +401,14 @@ def _layer(ops, spec, k, x, c, *, inverse):
 
     def params_of(v):
         inp = ops.concat_cols([v] + ([c] if c is not None else []))
-        return ops.reshape3(_mlp(ops, k, inp), dim, P)
+        return ops.reshape3(network(inp), dim, P)
 
     if not inverse:
-        y, ld = rq_spline(ops, x, params_of(x), K, B)
+        y, ld = rq_spline(ops, x, params_of(x), K, B, **opts)
         return y, ops.sum_last(ld)
     y = x * 0.0
     for _ in range(dim):
-        y, ld = rq_spline(ops, x, params_of(y), K, B, inverse=True)
+        y, ld = rq_spline(ops, x, params_of(y), K, B, inverse=True, **opts)
     return y, ops.sum_last(ld)
 
 
