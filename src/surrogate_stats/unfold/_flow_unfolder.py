@@ -522,8 +522,8 @@ class Unfolder:
 
     # ---------------------------------------------------------------- unfold
     def unfold(self, data_detector, *, n_samples: int = 1, key=0, data_weights=None,
-               iterate: bool = True, on_extrapolation: str = "warn",
-               progress: bool = False) -> UnfoldedEvents:
+               iterate: bool = True, n_iterations: int | None = None,
+               on_extrapolation: str = "warn", progress: bool = False) -> UnfoldedEvents:
         """Unfold measured events: per event ``n_samples`` posterior draws and weights.
 
         With ``iterate`` (default) and the simulated pairs available, the prior dependence
@@ -537,6 +537,7 @@ class Unfolder:
             key: JAX key or int seed (base draws, classifier and fine-tuning randomness).
             data_weights: ``(N,)`` event weights (default ones).
             iterate: run the prior-reweighting iterations.
+            n_iterations: maximum iterations (default ``config.n_iterations``).
             on_extrapolation: ``"warn"``, ``"raise"`` or ``"ignore"`` for events outside
                 the simulated detector-level range.
 
@@ -559,13 +560,16 @@ class Unfolder:
         dp = len(self.particle_names)
         u = self
         history = []
-        if iterate and self.config.n_iterations > 0:
+        n_it = self.config.n_iterations if n_iterations is None else n_iterations
+        if not isinstance(n_it, (int, np.integer)) or n_it < 0:
+            raise InvalidInput(f"n_iterations must be an integer >= 0; got {n_it!r}")
+        if iterate and n_it > 0:
             if self.simulation is None:
                 raise InvalidInput("this unfolder was saved without its simulated events, so "
                                    "it cannot iterate; pass iterate=False")
             z = np.asarray(jax.random.normal(k_noise, (len(r), 1, dp)), np.float64)
             prev = u._draws(r, z, v)
-            for it in tqdm(range(self.config.n_iterations), desc="unfold iterations",
+            for it in tqdm(range(n_it), desc="unfold iterations",
                            disable=not progress, leave=False):
                 u, rec = u._iterate(jax.random.fold_in(k_iter, it), *prev)
                 cur = u._draws(r, z, v)
