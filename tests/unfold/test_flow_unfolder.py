@@ -15,7 +15,7 @@ from surrogate_stats.unfold import FlowUnfoldConfig, Unfolder, get_toy, wasserst
 ONNX_RTOL = 1e-4  # ONNX float32 vs JAX float32 (same computation)
 TINY = FlowUnfoldConfig(n_layers=2, hidden=(16, 16), knots=6, max_epochs=3,
                         classifier_hidden=(8,), classifier_epochs=2, n_iterations=1,
-                        finetune_epochs=1)
+                        n_proposals=4)
 
 
 def _fit(sample, config=TINY, seed=0):
@@ -68,6 +68,11 @@ def test_unfold_shapes_weights_and_iterations(tiny, multidim):
     assert np.all(lo <= hi)
     t, w = res.flat()
     assert t.shape == (4 * len(x), 3) and np.isclose(w.sum(), res.weights.sum() / 4)
+    adapted = res.unfolder
+    assert adapted.prior is not None and tiny.prior is None
+    # the adapted unfolder's draws: resampled from max(4 k, n_proposals) proposals
+    again = adapted.unfold(x[:50], n_samples=2, iterate=False, on_extrapolation="ignore")
+    assert again.particle.shape == (50, 2, 3) and np.all(again.weights > 0)
     same = tiny.unfold(x, n_samples=4, key=3, iterate=False, on_extrapolation="ignore")
     again = tiny.unfold(x, n_samples=4, key=3, iterate=False, on_extrapolation="ignore")
     np.testing.assert_array_equal(same.particle, again.particle)  # deterministic per key
@@ -84,6 +89,30 @@ def test_onnx_graph_matches_jax_on_fresh_inputs(tiny, tiny_artifact):
         np.testing.assert_allclose(a, b, rtol=ONNX_RTOL, atol=ONNX_RTOL)
     res = loaded.unfold(r, n_samples=2, noise=z.reshape(250, 2, 3).repeat(2, axis=0))
     assert res.particle.shape == (500, 2, 3)
+
+
+def test_adapted_unfolder_exports_its_prior_ratio(tiny, multidim, tmp_path):
+    x, _ = multidim.data.measured()
+    adapted = tiny.unfold(x, key=5, on_extrapolation="ignore").unfolder
+    adapted.save(tmp_path / "adapted")
+    loaded = load_surrogate(tmp_path / "adapted")
+    assert loaded.metadata["has_prior_ratio"]
+    rng = np.random.default_rng(11)
+    lo, hi = tiny.detector_range
+    r = lo + (hi - lo) * rng.random((300, 3))
+    z = rng.standard_normal((300, 3))
+    onnx_out, jax_out = loaded.sample(r, z), adapted.sample(r, z)
+    for a, b in zip(onnx_out, jax_out):
+        np.testing.assert_allclose(a, b, rtol=ONNX_RTOL, atol=ONNX_RTOL)
+    assert np.ptp(jax_out[3]) > 0  # the prior ratio is not constant
+    res = loaded.unfold(r, n_samples=3, seed=2)
+    assert res.particle.shape == (300, 3, 3)
+    # every returned draw is one of the proposals the graph made for that event
+    m = max(4 * 3, tiny.config.n_proposals)
+    zz = np.random.default_rng(2).standard_normal((300, m, 3))
+    props = loaded.sample(np.repeat(r, m, axis=0), zz.reshape(-1, 3))[0].reshape(300, m, 3)
+    hit = np.isclose(res.particle[:, :, None, :], props[:, None, :, :]).all(-1).any(-1)
+    assert hit.all()
 
 
 def test_saved_unfolder_reloads_in_jax_and_iterates(tiny, tiny_artifact, multidim):

@@ -17,19 +17,23 @@ from surrogate_stats.unfold._flow_unfolder import (
     _check_finite,
     _check_weights,
     _matrix,
+    _posterior_weights,
     _range_check,
+    _resample,
 )
 
 __all__ = ["LoadedUnfolder", "from_artifact"]
 
-OUTPUTS = ("particle", "weight", "efficiency", "purity")
+OUTPUTS = ("particle", "efficiency", "purity", "prior_ratio")
 
 
 class LoadedUnfolder:
     """A published flow unfolder evaluated with onnxruntime (no JAX).
 
-    It samples with the simulation's prior as trained (or as adapted to the data the
-    artifact was saved after); the prior-reweighting iterations need JAX
+    It samples with the simulation's prior as trained, or with the adapted prior of an
+    unfolder saved after :meth:`~surrogate_stats.unfold.Unfolder.unfold`'s iterations (then
+    the draws are resampled from ``max(4 n_samples, n_proposals)`` proposals per event in
+    proportion to the graph's ``prior_ratio``, as in JAX); running new iterations needs JAX
     (:meth:`surrogate_stats.unfold.Unfolder.load`).
     """
 
@@ -50,8 +54,8 @@ class LoadedUnfolder:
                 f"{list(self.particle_names)}, detector={list(self.detector_names)})")
 
     def sample(self, detector, noise, *, batch_size: int = 262144):
-        """``(particle, weight, efficiency, purity)`` for rows of ``detector`` and base draws
-        ``noise`` (standard normal, shape ``(N, d_particle)``)."""
+        """``(particle, efficiency, purity, prior_ratio)`` for rows of ``detector`` and base
+        draws ``noise`` (standard normal, shape ``(N, d_particle)``)."""
         r = _matrix("detector", detector, d=len(self.detector_names),
                     names=self.detector_names)
         z = _matrix("noise", noise, len(r), len(self.particle_names))
@@ -73,7 +77,8 @@ class LoadedUnfolder:
             data_detector: ``(N, d_detector)`` measured events.
             n_samples: draws per event.
             seed: seed of the base draws (ignored when ``noise`` is given).
-            noise: ``(N, n_samples, d_particle)`` standard-normal base draws.
+            noise: ``(N, M, d_particle)`` standard-normal base draws, ``M = n_samples``
+                (``max(4 n_samples, n_proposals)`` for an adapted unfolder).
             data_weights: ``(N,)`` event weights.
         """
         if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
@@ -85,22 +90,28 @@ class LoadedUnfolder:
         frac = _range_check(r, *self.detector_range, self.detector_names,
                             self.on_extrapolation)
         dp = len(self.particle_names)
+        adapted = bool(self.metadata.get("has_prior_ratio"))
+        m = max(4 * n_samples, int(self.metadata["n_proposals"])) if adapted else n_samples
+        rng = np.random.default_rng(seed)
         if noise is None:
-            z = np.random.default_rng(seed).standard_normal((len(r), n_samples, dp))
+            z = rng.standard_normal((len(r), m, dp))
         else:
             z = np.asarray(noise, np.float64)
-            if z.shape != (len(r), n_samples, dp):
-                raise InvalidInput(f"noise must have shape {(len(r), n_samples, dp)}; got "
-                                   f"{z.shape}")
-        t, w, _, _ = self.sample(np.repeat(r, n_samples, axis=0), z.reshape(-1, dp))
-        return UnfoldedEvents(t.reshape(len(r), n_samples, dp),
-                              w.reshape(len(r), n_samples) * v[:, None], self.particle_names,
-                              [], None, frac)
+            if z.shape != (len(r), m, dp):
+                raise InvalidInput(f"noise must have shape {(len(r), m, dp)}; got {z.shape}")
+        t, eff, pur, g = (a.reshape(len(r), m, *a.shape[1:]) for a in
+                          self.sample(np.repeat(r, m, axis=0), z.reshape(-1, dp)))
+        if adapted:
+            _, prob, purity = _posterior_weights(eff, pur, g, v)
+            t, w = _resample(rng, t, eff, prob, purity, v, n_samples)
+        else:
+            w = v[:, None] * pur / eff
+        return UnfoldedEvents(t, w, self.particle_names, [], None, frac)
 
 
 def from_artifact(meta, graphs, arrays, *, on_extrapolation="warn", threads=None):
     """Loader for kind ``flow_unfolder`` (numpy + onnxruntime only)."""
-    for key in ("particle", "detector", "detector_range"):
+    for key in ("particle", "detector", "detector_range", "n_proposals"):
         if key not in meta:
             raise InvalidArtifact(f"metadata.json lacks {key!r}")
     if "model" not in graphs:

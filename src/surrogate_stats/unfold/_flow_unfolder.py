@@ -14,22 +14,30 @@ A measured event :math:`r_i` (weight :math:`v_i`) is unfolded into draws
 :math:`v_i\,(1 - f(r_i)) / \max(\varepsilon(t_{ij}), \varepsilon_{\min})`: the purity removes
 the fakes' share, the inverse efficiency restores the events the detector lost.
 
-**Prior dependence.** :math:`q(t \mid r) \propto p(r \mid t)\,p_\text{sim}(t)` carries the
-simulation's particle-level spectrum. :meth:`Unfolder.unfold` reduces it by iterating with
-the data (like IBU, unbinned): a classifier between the current unfolded draws and the
-simulated particle level gives :math:`g(t) \approx p_\text{unfolded}(t) / p_\text{sim}(t)`;
-the flow is fine-tuned on the simulated pairs with weights :math:`w_k g(t_k)` (and the fake
-classifier refitted, since :math:`f` depends on the spectrum too); the data are unfolded again
-with the same base draws. The iterations stop when the **closure criterion** holds — the
-largest per-observable Wasserstein-1 distance between two successive unfolded distributions,
-in units of the simulated particle level's standard deviation, is below
-``config.closure_tol`` — or after ``config.n_iterations``.
+**Prior dependence.** :math:`q(t \mid r) \propto p(r \mid t)\,\varepsilon(t)\,
+p_\text{sim}(t)` carries the simulation's particle-level spectrum. Reweighting the simulated
+particle level by :math:`g(t)` changes the posterior to :math:`q(t \mid r)\,g(t) /
+E_q[g \mid r]` and the odds of a real (not fake) event at :math:`r` by the factor
+:math:`E_q[g \mid r]` — exactly, without retraining, so the flow is trained once.
+:meth:`Unfolder.unfold` iterates with the data (like IBU, unbinned): with ``n_proposals``
+fixed draws per event from :math:`q`, the current unfolded distribution (draws weighted by
+:math:`g`, purity and efficiency) is compared with the simulated particle level by a
+classifier, which gives the next :math:`g \approx p_\text{unfolded} / p_\text{sim}`
+(clipped to ``[1/clip_ratio, clip_ratio]``, fitted afresh each time so that an early-stopped
+fit cannot fake convergence). The
+iterations stop when the **closure criterion** holds — the largest per-observable
+Wasserstein-1 distance between two successive unfolded distributions, in units of the
+simulated particle level's standard deviation, is below ``config.closure_tol`` — or after
+``config.n_iterations``. The final draws are sampled from the proposals in proportion to
+:math:`g` (sampling-importance-resampling), so each event's draws follow its posterior under
+the adapted prior.
 
 A trained :class:`Unfolder` saves as an artifact of kind ``"flow_unfolder"``: one ONNX graph
-``detector, noise -> particle, weight, efficiency, purity`` (the base draws are an input:
-nothing random runs in the graph), the arrays to rebuild the JAX model, and (optionally) the
-simulated pairs so that a loaded unfolder can iterate on new data. ``load_surrogate(DIR)``
-gives a :class:`LoadedUnfolder` that needs only numpy and onnxruntime.
+``detector, noise -> particle, efficiency, purity, prior_ratio`` (the base draws are an
+input: nothing random runs in the graph), the arrays to rebuild the JAX model, and
+(optionally) the simulated pairs so that a loaded unfolder can iterate on new data.
+``load_surrogate(DIR)`` gives a :class:`LoadedUnfolder` that needs only numpy and
+onnxruntime and samples like the JAX unfolder (same resampling).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import math
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +55,6 @@ from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import (
     ExtrapolationError,
     ExtrapolationWarning,
-    FitFailure,
     InvalidInput,
 )
 
@@ -58,6 +65,7 @@ MIN_EVENTS = 50  # simulated events passing both selections needed to fit anythi
 PARITY_RTOL = 1e-4  # ONNX float32 vs JAX float32 on the self-check events
 SELF_CHECK_TOL = 1e-5  # stored ONNX outputs vs re-evaluated ONNX outputs at load
 N_SELF_CHECK = 64
+RATIO_PATIENCE = 8  # early-stopping patience of the prior-ratio classifier (others: 3)
 
 
 # ------------------------------------------------------------------------------ config
@@ -74,7 +82,10 @@ class FlowUnfoldConfig:
             validation split, patience 3).
         min_efficiency: floor of the efficiency in the weight ``1 / efficiency``.
         n_iterations: maximum prior-reweighting iterations in :meth:`Unfolder.unfold`.
-        finetune_epochs: flow epochs per iteration (warm start from the previous flow).
+        n_proposals: flow draws per event for the iterations and the least number of
+            proposals per event that the final draws are resampled from.
+        max_classifier_draws: at most this many (event, draw) pairs train the reweighting
+            classifier (a uniform random subset when there are more).
         closure_tol: stop iterating when max over observables of W1(iteration k, k-1) /
             std(simulated particle level) is below this.
         clip_ratio: the reweighting ratio ``g`` is clipped to ``[1/clip_ratio, clip_ratio]``.
@@ -91,11 +102,12 @@ class FlowUnfoldConfig:
     patience: int = 6
     val_fraction: float = 0.15
     classifier_hidden: tuple = (32, 32)
-    classifier_epochs: int = 30
+    classifier_epochs: int = 50
     min_efficiency: float = 0.05
-    n_iterations: int = 4
-    finetune_epochs: int = 10
-    closure_tol: float = 0.02
+    n_iterations: int = 6
+    n_proposals: int = 16
+    max_classifier_draws: int = 200000
+    closure_tol: float = 0.01
     clip_ratio: float = 20.0
 
     def __post_init__(self):
@@ -103,7 +115,7 @@ class FlowUnfoldConfig:
         object.__setattr__(self, "classifier_hidden",
                            tuple(int(h) for h in self.classifier_hidden))
         for name in ("n_layers", "knots", "batch_size", "max_epochs", "patience",
-                     "classifier_epochs", "finetune_epochs"):
+                     "classifier_epochs", "n_proposals", "max_classifier_draws"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"FlowUnfoldConfig.{name} must be >= 1; got "
                                    f"{getattr(self, name)!r}")
@@ -121,11 +133,11 @@ class FlowUnfoldConfig:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-    def flow_train(self, *, epochs: int | None = None):
+    def flow_train(self):
         from surrogate_stats.flows._train import FlowTrainConfig
 
         return FlowTrainConfig(learning_rate=self.learning_rate, batch_size=self.batch_size,
-                               max_epochs=epochs or self.max_epochs, patience=self.patience,
+                               max_epochs=self.max_epochs, patience=self.patience,
                                val_fraction=self.val_fraction)
 
 
@@ -221,7 +233,8 @@ def _sigmoid(ops, z):
     return 1.0 / (1.0 + ops.exp(-z))
 
 
-def _fit_classifier(key, x, y, w, *, hidden, epochs, init=None, progress=False, desc="clf"):
+def _fit_classifier(key, x, y, w, *, hidden, epochs, init=None, progress=False, desc="clf",
+                    patience=3, learning_rate=2e-3):
     """Weighted logistic regression with an MLP; returns {params, loc, scale} (float32)."""
     jax = optional_import("jax")
     jnp = jax.numpy
@@ -254,8 +267,8 @@ def _fit_classifier(key, x, y, w, *, hidden, epochs, init=None, progress=False, 
         ll = b["y"] * jax.nn.log_sigmoid(z) + (1 - b["y"]) * jax.nn.log_sigmoid(-z)
         return -jnp.mean(b["w"] * ll)
 
-    cfg = MinibatchConfig(learning_rate=2e-3, batch_size=1024, max_epochs=int(epochs),
-                          patience=3)
+    cfg = MinibatchConfig(learning_rate=learning_rate, batch_size=1024,
+                          max_epochs=int(epochs), patience=int(patience))
     params, _ = fit_minibatch(k_fit, params, loss_fn, part(tr), part(val), config=cfg,
                               progress=progress, desc=desc)
     return {"params": {k: np.asarray(v, np.float32) for k, v in params.items()},
@@ -264,43 +277,79 @@ def _fit_classifier(key, x, y, w, *, hidden, epochs, init=None, progress=False, 
 
 def _clf_arrays(clf) -> dict:
     return {**{f"params.{k}": np.asarray(v) for k, v in clf["params"].items()},
-            "loc": np.asarray(clf["loc"]), "scale": np.asarray(clf["scale"])}
+            **{k: np.asarray(clf[k]) for k in ("loc", "scale", "clip") if k in clf}}
 
 
 def _clf_from_arrays(a, dtype=np.float32) -> dict:
     return {"params": {k.split(".", 1)[1]: np.asarray(v, dtype) for k, v in a.items()
                        if k.startswith("params.")},
-            "loc": np.asarray(a["loc"], dtype), "scale": np.asarray(a["scale"], dtype)}
+            **{k: np.asarray(a[k], dtype) for k in ("loc", "scale", "clip") if k in a}}
 
 
-def _balanced_ratio(key, xa, wa, xb, wb, x_eval, *, hidden, epochs, clip):
-    """exp(logit) of a classifier A vs B with equal class weights: p_A(x) / p_B(x)."""
-    from surrogate_stats.flows._ops import NumpyOps
-
+def _ratio_classifier(key, xa, wa, xb, wb, *, hidden, epochs, clip, init=None):
+    """A classifier A vs B with equal class weights: exp(logit) = p_A(x) / p_B(x); the
+    clipping bound is stored with it."""
     x = np.concatenate([xa, xb])
     y = np.concatenate([np.ones(len(xa)), np.zeros(len(xb))])
     w = np.concatenate([wa / wa.sum(), wb / wb.sum()]) * len(x) / 2
-    clf = _fit_classifier(key, x, y, w, hidden=hidden, epochs=epochs)
-    z = _clf_logit(NumpyOps(np.float64), _f64(clf), x_eval)
-    return np.exp(np.clip(z, -math.log(clip), math.log(clip)))
+    clf = _fit_classifier(key, x, y, w, hidden=hidden, epochs=epochs, init=init,
+                          patience=RATIO_PATIENCE)
+    clf["clip"] = np.asarray(math.log(clip), np.float32)
+    return clf
+
+
+def _ratio(ops, clf, x):
+    c = float(clf["clip"])
+    return ops.exp(ops.clip(_clf_logit(ops, clf, x), -c, c))
 
 
 def _f64(clf):
-    return {"params": {k: np.asarray(v, np.float64) for k, v in clf["params"].items()},
-            "loc": np.asarray(clf["loc"], np.float64),
-            "scale": np.asarray(clf["scale"], np.float64)}
+    out = {"params": {k: np.asarray(v, np.float64) for k, v in clf["params"].items()},
+           "loc": np.asarray(clf["loc"], np.float64),
+           "scale": np.asarray(clf["scale"], np.float64)}
+    if "clip" in clf:
+        out["clip"] = np.asarray(clf["clip"], np.float64)
+    return out
 
 
 # ------------------------------------------------------------------------------ the map
-def _unfold_fn(ops, flow, consts, eff, fake, r, z, min_eff):
-    """detector, noise -> (particle, weight, efficiency, purity), in any ops vocabulary."""
+def _unfold_fn(ops, flow, consts, eff, fake, prior, r, z, min_eff):
+    """detector, noise -> (particle, efficiency, purity, prior_ratio), any ops vocabulary."""
     from surrogate_stats.flows._flow import flow_inverse
 
     t, _ = flow_inverse(ops, flow, consts, z, r)
     one = ops.sum_last(z * 0.0) + 1.0
     e = one if eff is None else ops.clip(_sigmoid(ops, _clf_logit(ops, eff, t)), min_eff, 1.0)
     p = one if fake is None else _sigmoid(ops, -_clf_logit(ops, fake, r))
-    return t, p / e, e, p
+    g = one if prior is None else _ratio(ops, prior, t)
+    return t, e, p, g
+
+
+def _posterior_weights(eff, pur, g, v):
+    """Per draw, the weight of the unfolded distribution, and per event the resampling
+    probabilities and adapted purity (module docstring); inputs ``(n, M)`` except ``v``."""
+    a = g.mean(axis=1)
+    p0 = pur[:, 0]
+    purity = np.where(p0 >= 1.0, 1.0, p0 * a / np.maximum(p0 * a + (1.0 - p0), 1e-300))
+    prob = g / g.sum(axis=1, keepdims=True)
+    return (v * purity)[:, None] * prob / eff, prob, purity
+
+
+def _resample(rng, t, eff, prob, purity, v, k):
+    """``k`` of the ``M`` proposals per event drawn with probabilities ``prob``."""
+    n, m = prob.shape
+    c = np.cumsum(prob, axis=1)
+    out_t = np.empty((n, k, t.shape[2]))
+    out_w = np.empty((n, k))
+    step = max(1, 2**24 // max(k * m, 1))
+    for i in range(0, n, step):
+        u = rng.random((min(step, n - i), k))
+        idx = np.minimum((u[:, :, None] > c[i:i + step, None, :]).sum(-1), m - 1)
+        rows = np.arange(len(idx))[:, None]
+        out_t[i:i + step] = t[i:i + step][rows, idx]
+        out_w[i:i + step] = (v[i:i + step] * purity[i:i + step])[:, None] / \
+            eff[i:i + step][rows, idx]
+    return out_t, out_w
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: identity equality
@@ -311,6 +360,9 @@ class UnfoldedEvents:
         particle: ``(n_events, n_samples, d)`` draws.
         weights: ``(n_events, n_samples)`` weights (event weight × purity / efficiency); a
             distribution is ``particle`` histogrammed with ``weights / n_samples``.
+            The draws of one event follow its posterior (under the adapted prior after
+            iterations); the weights do not change that posterior, they only correct the
+            distribution's normalisation for fakes and inefficiency.
         names: particle-level column names.
         history: the iterations: per iteration the closure distance, the fake fraction, etc.
         unfolder: the unfolder after the iterations (save it to publish the adapted model);
@@ -357,6 +409,8 @@ class Unfolder:
     Attributes:
         flow: the conditional flow ``p(particle | detector)``.
         efficiency, fakes: classifiers (dicts of arrays) or None.
+        prior: the prior-ratio classifier ``g`` after :meth:`unfold`'s iterations (None for
+            the simulation's prior).
         particle_names, detector_names: column names.
         detector_range: ``(lo, hi)`` of the simulated detector level (measured events).
         config: :class:`FlowUnfoldConfig`.
@@ -364,9 +418,10 @@ class Unfolder:
     """
 
     def __init__(self, flow, *, efficiency, fakes, particle_names, detector_names,
-                 detector_range, particle_scale, config, history=None, simulation=None):
+                 detector_range, particle_scale, config, history=None, simulation=None,
+                 prior=None):
         self.flow = flow
-        self.efficiency, self.fakes = efficiency, fakes
+        self.efficiency, self.fakes, self.prior = efficiency, fakes, prior
         self.particle_names = tuple(particle_names)
         self.detector_names = tuple(detector_names)
         self.detector_range = (np.asarray(detector_range[0], float),
@@ -380,7 +435,7 @@ class Unfolder:
     def __repr__(self):
         return (f"Unfolder(particle={list(self.particle_names)}, detector="
                 f"{list(self.detector_names)}, efficiency={self.efficiency is not None}, "
-                f"fakes={self.fakes is not None})")
+                f"fakes={self.fakes is not None}, adapted={self.prior is not None})")
 
     # ---------------------------------------------------------------- fit
     @classmethod
@@ -481,20 +536,23 @@ class Unfolder:
 
             f = self.flow
             consts = prepared(f, jnp, inverse=True)
-            eff, fake, me = self.efficiency, self.fakes, float(self.config.min_efficiency)
+            eff, fake, prior = self.efficiency, self.fakes, self.prior
+            me = float(self.config.min_efficiency)
 
             @jax.jit
             def fn(r, z):
-                return _unfold_fn(JaxOps(jnp.float32), f, consts, eff, fake, r, z, me)
+                return _unfold_fn(JaxOps(jnp.float32), f, consts, eff, fake, prior, r, z, me)
             self._fn = fn
         return self._fn
 
     def sample(self, detector, noise, *, batch_size: int = 65536):
-        """Draws for each row of ``detector`` from base draws ``noise`` (same rows).
+        """One flow draw per row of ``detector`` from the base draws ``noise`` (same rows).
 
         Returns:
-            ``(particle (N, d), weight (N,), efficiency (N,), purity (N,))`` as numpy float64
-            (``weight`` = purity / efficiency, without the event weight).
+            ``(particle (N, d), efficiency (N,), purity (N,), prior_ratio (N,))`` as numpy
+            float64: the draw, the (floored) efficiency at the draw, the simulation's purity
+            ``1 - P(fake | detector)`` and the prior ratio ``g`` at the draw (1 before any
+            iteration). The ONNX graph computes the same.
         """
         jax = optional_import("jax")
         r = _matrix("detector", detector, d=len(self.detector_names),
@@ -514,12 +572,6 @@ class Unfolder:
                 o[i:i + m] = np.asarray(v, np.float64)[:m]
         return tuple(outs)
 
-    def _draws(self, r, z, v):
-        k, dp = z.shape[1], z.shape[2]
-        rr = np.repeat(r, k, axis=0)
-        t, wt, _, pur = self.sample(rr, z.reshape(-1, dp))
-        return t.reshape(len(r), k, dp), wt.reshape(len(r), k) * v[:, None]
-
     # ---------------------------------------------------------------- unfold
     def unfold(self, data_detector, *, n_samples: int = 1, key=0, data_weights=None,
                iterate: bool = True, n_iterations: int | None = None,
@@ -528,13 +580,13 @@ class Unfolder:
 
         With ``iterate`` (default) and the simulated pairs available, the prior dependence
         is reduced first (module docstring): reweight the simulated particle level towards
-        the unfolded result, fine-tune, repeat until the closure criterion holds.
+        the unfolded result, repeat until the closure criterion holds.
 
         Args:
             data_detector: ``(N, d_detector)`` measured events (all passing the detector
                 selection).
             n_samples: posterior draws per event (>= 1).
-            key: JAX key or int seed (base draws, classifier and fine-tuning randomness).
+            key: JAX key or int seed (base draws, classifier randomness, resampling).
             data_weights: ``(N,)`` event weights (default ones).
             iterate: run the prior-reweighting iterations.
             n_iterations: maximum iterations (default ``config.n_iterations``).
@@ -555,65 +607,79 @@ class Unfolder:
         _check_finite("data_detector", r, self.detector_names)
         v = _check_weights("data_weights", data_weights, len(r))
         frac = _range_check(r, *self.detector_range, self.detector_names, on_extrapolation)
+        n_it = self.config.n_iterations if n_iterations is None else n_iterations
+        if not isinstance(n_it, (int, np.integer)) or n_it < 0:
+            raise InvalidInput(f"n_iterations must be an integer >= 0; got {n_it!r}")
         key = _key(key)
         k_noise, k_iter, k_final = jax.random.split(key, 3)
         dp = len(self.particle_names)
         u = self
         history = []
-        n_it = self.config.n_iterations if n_iterations is None else n_iterations
-        if not isinstance(n_it, (int, np.integer)) or n_it < 0:
-            raise InvalidInput(f"n_iterations must be an integer >= 0; got {n_it!r}")
         if iterate and n_it > 0:
             if self.simulation is None:
                 raise InvalidInput("this unfolder was saved without its simulated events, so "
                                    "it cannot iterate; pass iterate=False")
-            z = np.asarray(jax.random.normal(k_noise, (len(r), 1, dp)), np.float64)
-            prev = u._draws(r, z, v)
-            for it in tqdm(range(n_it), desc="unfold iterations",
-                           disable=not progress, leave=False):
-                u, rec = u._iterate(jax.random.fold_in(k_iter, it), *prev)
-                cur = u._draws(r, z, v)
+            m = self.config.n_proposals
+            z = np.asarray(jax.random.normal(k_noise, (len(r), m, dp)), np.float64)
+            t, eff, pur, g = (a.reshape(len(r), m, *a.shape[1:]) for a in
+                              self.sample(np.repeat(r, m, axis=0), z.reshape(-1, dp)))
+            prev = (t, _posterior_weights(eff, pur, g, v)[0])
+            for it in tqdm(range(n_it), desc="unfold iterations", disable=not progress,
+                           leave=False):
+                u, g, rec = u._iterate(jax.random.fold_in(k_iter, it), *prev)
+                cur = (t, _posterior_weights(eff, pur, g, v)[0])
                 dist = _closure_distance(prev, cur, self.particle_scale)
                 history.append({"iteration": it + 1, "closure_distance": dist, **rec})
                 prev = cur
                 if dist < self.config.closure_tol:
                     break
-        zf = np.asarray(jax.random.normal(k_final, (len(r), n_samples, dp)), np.float64)
-        t, w = u._draws(r, zf, v)
-        return UnfoldedEvents(t, w, self.particle_names, history, u, frac)
+        return u._final(r, v, n_samples, k_final, history, frac)
+
+    def _final(self, r, v, k, key, history, frac):
+        jax = optional_import("jax")
+        dp = len(self.particle_names)
+        m = k if self.prior is None else max(4 * k, self.config.n_proposals)
+        k_z, k_u = jax.random.split(key)
+        z = np.asarray(jax.random.normal(k_z, (len(r), m, dp)), np.float64)
+        t, eff, pur, g = (a.reshape(len(r), m, *a.shape[1:]) for a in
+                          self.sample(np.repeat(r, m, axis=0), z.reshape(-1, dp)))
+        if self.prior is None:
+            w = (v[:, None] * pur) / eff
+        else:
+            _, prob, purity = _posterior_weights(eff, pur, g, v)
+            rng = np.random.default_rng(np.asarray(jax.random.key_data(k_u)).ravel().tolist())
+            t, w = _resample(rng, t, eff, prob, purity, v, k)
+        return UnfoldedEvents(t, w, self.particle_names, history, self, frac)
 
     def _iterate(self, key, draws, weights):
-        """One prior-reweighting step: (new unfolder, record)."""
+        """One prior-reweighting step: (new unfolder, g at the draws, record)."""
+        from surrogate_stats.flows._ops import NumpyOps
+
         jax = optional_import("jax")
         cfg = self.config
         s = self.simulation
-        t, r, w = s["particle"], s["detector"], s["weights"]
-        reco, truth = s["passed_reco"] > 0, s["passed_truth"] > 0
-        both = reco & truth
-        k_g, k_ft, k_fake = jax.random.split(key, 3)
+        t, w = s["particle"], s["weights"]
+        truth = s["passed_truth"] > 0
+        k_sub, k_g = jax.random.split(key)
         xa = draws.reshape(-1, draws.shape[2])
         wa = weights.reshape(-1)
-        ok = wa > 0
-        g = _balanced_ratio(k_g, xa[ok], wa[ok], t[truth], w[truth], t[truth],
-                            hidden=cfg.classifier_hidden, epochs=cfg.classifier_epochs,
-                            clip=cfg.clip_ratio)
-        gt = np.ones(len(t))
-        gt[truth] = g
-        flow = _finetune(k_ft, self.flow, t[both], r[both], w[both] * gt[both],
-                         config=cfg.flow_train(epochs=cfg.finetune_epochs))
-        fake = self.fakes
-        if fake is not None:
-            wr = (w * gt)[reco]
-            fake = _fit_classifier(k_fake, r[reco], (~truth[reco]).astype(float), wr,
-                                   hidden=cfg.classifier_hidden, epochs=cfg.classifier_epochs,
-                                   init=fake)
-        new = Unfolder(flow, efficiency=self.efficiency, fakes=fake,
-                       particle_names=self.particle_names, detector_names=self.detector_names,
-                       detector_range=self.detector_range, particle_scale=self.particle_scale,
-                       config=cfg, history=self.history, simulation=self.simulation)
-        ess = float(np.sum(w[truth] * g) ** 2 / np.sum((w[truth] * g) ** 2))
-        return new, {"ratio_min": float(g.min()), "ratio_max": float(g.max()),
-                     "effective_sim_events": ess}
+        keep = np.flatnonzero(wa > 0)
+        if len(keep) > cfg.max_classifier_draws:
+            keep = np.sort(np.asarray(jax.random.choice(k_sub, keep, (cfg.max_classifier_draws,),
+                                                        replace=False)))
+        prior = _ratio_classifier(k_g, xa[keep], wa[keep], t[truth], w[truth],
+                                  hidden=cfg.classifier_hidden, epochs=cfg.classifier_epochs,
+                                  clip=cfg.clip_ratio, init=None)
+        g = _ratio(NumpyOps(np.float64), _f64(prior), xa).reshape(draws.shape[:2])
+        new = Unfolder(self.flow, efficiency=self.efficiency, fakes=self.fakes,
+                       prior=prior, particle_names=self.particle_names,
+                       detector_names=self.detector_names, detector_range=self.detector_range,
+                       particle_scale=self.particle_scale, config=cfg, history=self.history,
+                       simulation=self.simulation)
+        gs = _ratio(NumpyOps(np.float64), _f64(prior), t[truth])
+        ess = float(np.sum(w[truth] * gs) ** 2 / np.sum((w[truth] * gs) ** 2))
+        return new, g, {"ratio_min": float(gs.min()), "ratio_max": float(gs.max()),
+                        "effective_sim_events": ess}
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory, *, name: str | None = None,
@@ -643,13 +709,15 @@ class Unfolder:
             cfg = FlowUnfoldConfig(**meta["config"])
             eff = _clf_from_arrays(arrays["efficiency"]) if "efficiency" in arrays else None
             fake = _clf_from_arrays(arrays["fakes"]) if "fakes" in arrays else None
+            prior = (_clf_from_arrays(arrays["prior_ratio"]) if "prior_ratio" in arrays
+                     else None)
             sim = dict(arrays["simulation"]) if "simulation" in arrays else None
             rng = meta["detector_range"]
             return cls(flow, efficiency=eff, fakes=fake,
                        particle_names=meta["particle"], detector_names=meta["detector"],
                        detector_range=(rng["lo"], rng["hi"]),
                        particle_scale=meta["particle_scale"], config=cfg,
-                       history=meta.get("training", {}), simulation=sim)
+                       history=meta.get("training", {}), simulation=sim, prior=prior)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArtifact(f"metadata.json of {directory} is malformed: {exc}") from None
 
@@ -662,38 +730,6 @@ def _closure_distance(prev, cur, scale) -> float:
     wa, wb = np.clip(wa.reshape(-1), 0, None), np.clip(wb.reshape(-1), 0, None)
     return float(max(wasserstein1(ta[:, j], tb[:, j], u_weights=wa, v_weights=wb) / scale[j]
                      for j in range(ta.shape[1])))
-
-
-def _finetune(key, flow, x, c, w, *, config):
-    """Continue training ``flow`` (fixed standardisation) on weighted pairs."""
-    jax = optional_import("jax")
-    jnp = jax.numpy
-    from surrogate_stats.flows._flow import flow_log_prob, prepared
-    from surrogate_stats.flows._ops import JaxOps
-    from surrogate_stats.train._loop import fit_minibatch
-
-    k_split, k_fit = jax.random.split(key)
-    perm = np.asarray(jax.random.permutation(k_split, len(x)))
-    n_val = max(1, int(round(config.val_fraction * len(x))))
-    val, tr = perm[:n_val], perm[n_val:]
-    w = w / w[tr].mean()
-    ops = JaxOps(jnp.float32)
-
-    def part(idx):
-        return {"x": jnp.asarray(x[idx], jnp.float32), "c": jnp.asarray(c[idx], jnp.float32),
-                "w": jnp.asarray(w[idx], jnp.float32)}
-
-    def loss_fn(params, b):
-        f = flow.with_params(params)
-        return -jnp.mean(b["w"] * flow_log_prob(ops, f, prepared(f, jnp, inverse=False),
-                                                b["x"], b["c"]))
-
-    mb = replace(config.minibatch(), learning_rate=config.learning_rate * 0.5)
-    params, hist = fit_minibatch(k_fit, list(flow.params), loss_fn, part(tr), part(val),
-                                 config=mb, progress=False, desc="fine-tune")
-    if not hist.val_loss or not math.isfinite(min(hist.val_loss)):
-        raise FitFailure("fine-tuning the unfolding flow diverged (non-finite loss)")
-    return flow.with_params(params)
 
 
 # ------------------------------------------------------------------------------ artifact
@@ -709,10 +745,11 @@ def _graph(u: Unfolder, dtype="float32"):
     z = ops.input("noise", ["N", dp])
     eff = None if u.efficiency is None else _f64(u.efficiency)
     fake = None if u.fakes is None else _f64(u.fakes)
-    t, w, e, p = _unfold_fn(ops, nf, prepared(nf, np, inverse=True), eff, fake, r, z,
+    prior = None if u.prior is None else _f64(u.prior)
+    t, e, p, g = _unfold_fn(ops, nf, prepared(nf, np, inverse=True), eff, fake, prior, r, z,
                             float(u.config.min_efficiency))
-    blob = ops.model({"particle": (t, ["N", dp]), "weight": (w, ["N"]),
-                      "efficiency": (e, ["N"]), "purity": (p, ["N"])}, name="flow_unfolder")
+    blob = ops.model({"particle": (t, ["N", dp]), "efficiency": (e, ["N"]),
+                      "purity": (p, ["N"]), "prior_ratio": (g, ["N"])}, name="flow_unfolder")
 
     def s(n, shape, meaning):
         return {"name": n, "dtype": dtype, "shape": shape, "meaning": meaning}
@@ -722,9 +759,10 @@ def _graph(u: Unfolder, dtype="float32"):
                        s("noise", ["N", dp], "standard-normal base draws")],
             "outputs": [s("particle", ["N", dp], "posterior draw (" + ", ".join(
                 u.particle_names) + ")"),
-                        s("weight", ["N"], "purity / max(efficiency, floor)"),
                         s("efficiency", ["N"], "P(passed reco | particle draw), floored"),
-                        s("purity", ["N"], "1 - P(fake | detector)")]}
+                        s("purity", ["N"], "1 - P(fake | detector) under the simulation"),
+                        s("prior_ratio", ["N"], "g(particle draw): adapted / simulated "
+                                                "particle-level density (1: not adapted)")]}
     return blob, spec
 
 
@@ -772,6 +810,8 @@ def _save(u: Unfolder, directory, *, name=None, include_simulation=True) -> Path
         "min_efficiency": float(u.config.min_efficiency),
         "has_efficiency": u.efficiency is not None,
         "has_fakes": u.fakes is not None,
+        "has_prior_ratio": u.prior is not None,
+        "n_proposals": int(u.config.n_proposals),
         "flow": u.flow.structure(),
         "config": u.config.as_dict(),
         "training": _jsonable(u.history),
@@ -782,12 +822,14 @@ def _save(u: Unfolder, directory, *, name=None, include_simulation=True) -> Path
     }
     arrays = {"flow": u.flow.arrays(),
               "self_check": {"detector": r.astype(np.float64), "noise": z.astype(np.float64),
-                             **{k: o for k, o in zip(("particle", "weight", "efficiency",
-                                                      "purity"), onnx_out)}}}
+                             **{k: o for k, o in zip(("particle", "efficiency", "purity",
+                                                      "prior_ratio"), onnx_out)}}}
     if u.efficiency is not None:
         arrays["efficiency"] = _clf_arrays(u.efficiency)
     if u.fakes is not None:
         arrays["fakes"] = _clf_arrays(u.fakes)
+    if u.prior is not None:
+        arrays["prior_ratio"] = _clf_arrays(u.prior)
     if include_simulation and u.simulation is not None:
         arrays["simulation"] = {k: np.asarray(v, np.float64) for k, v in u.simulation.items()}
     return write_artifact(directory, meta, {"model": blob}, arrays)
