@@ -259,3 +259,20 @@ def test_gaussian_unfolding_beats_the_prior():
     w_unf = wasserstein1(t[:, 0], tt[:, 0], u_weights=w)
     w_prior = wasserstein1(st[:, 0], tt[:, 0])
     assert w_unf <= 0.3 * w_prior, (w_unf, w_prior)
+
+
+def test_flow_in_compare_reports_bin_and_event_coverage():
+    from surrogate_stats.unfold import METHODS, compare
+
+    assert list(METHODS)[:3] == ["flow", "omnifold", "ibu"]
+    rep = compare("gaussian", ["flow"], n_pseudo=2, n_sim=3000, n_data=1500, n_bins=8,
+                  method_options={"flow": {"config": TINY, "n_samples": 10,
+                                           "n_bootstrap": 10}},
+                  progress=False, closure=False)
+    out = rep.to_dict()["methods"]["flow"]
+    for k in ("wasserstein", "triangular", "coverage68", "coverage95",
+              "per_event_coverage68", "per_event_coverage95"):
+        assert k in out, k
+    assert 0 <= out["per_event_coverage68"] <= out["per_event_coverage95"] <= 1
+    assert np.all(np.concatenate(rep.example["flow"][0][1:]) > 0)  # bootstrap errors
+    assert "per-event coverage 68%" in rep.table()

@@ -106,7 +106,7 @@ class FlowUnfoldConfig:
     min_efficiency: float = 0.05
     n_iterations: int = 6
     n_proposals: int = 16
-    max_classifier_draws: int = 200000
+    max_classifier_draws: int = 100000
     closure_tol: float = 0.01
     clip_ratio: float = 20.0
 

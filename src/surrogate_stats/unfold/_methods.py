@@ -197,7 +197,7 @@ class FlowMethod:
     """
 
     config: object = None  # FlowUnfoldConfig; None: the default
-    n_samples: int = 40
+    n_samples: int = 20
     n_bootstrap: int = 100
     name: str = "flow"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
