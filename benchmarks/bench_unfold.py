@@ -131,7 +131,7 @@ def timing(seed: int = 0) -> dict:
     adapted = u.unfold(x, key=1).unfolder
     t_iter = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
-    big = get_toy("multidim").sample_data(rng, int(N_TIMING * 1.45)).measured()[0][:N_TIMING]
+    big = get_toy("multidim").sample_data(rng, int(N_TIMING * 1.7)).measured()[0][:N_TIMING]
     out = {"n_events": len(big), "toy": "multidim", "n_sim": 20000,
            "iterations_seconds_10k_events": round(t_iter, 2)}
     with tempfile.TemporaryDirectory() as tmp:
