@@ -18,4 +18,6 @@ def test_unfolding_notebook_runs(tmp_path):
                          timeout=600, cwd=tmp_path, env={**os.environ, "MPLBACKEND": "Agg"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| omnifold | x |" in out.stdout and "| ibu | zg |" in out.stdout
-    assert len(list((tmp_path / "unfold_plots").glob("*.png"))) == 3
+    assert "| flow | x |" in out.stdout and "per-event 68% intervals" in out.stdout
+    assert len(list((tmp_path / "unfold_plots").glob("*.png"))) == 4
+    assert (tmp_path / "gaussian_unfolder" / "model.onnx").is_file()

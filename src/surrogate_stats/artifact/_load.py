@@ -16,6 +16,7 @@ LOADERS = {
     "profile_likelihood": "surrogate_stats.likelihood._export:from_artifact",
     "matrix_element": "surrogate_stats.matrix_element._export:from_artifact",
     "correction_flow": "surrogate_stats.flows._artifact:from_artifact",
+    "flow_unfolder": "surrogate_stats.unfold._flow_artifact:from_artifact",
 }
 
 

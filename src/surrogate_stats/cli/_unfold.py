@@ -1,4 +1,4 @@
-"""``surrogate-stats unfold compare``: IBU and OmniFold (and later the flow) on a toy."""
+"""``surrogate-stats unfold``: ``train``/``apply`` a flow unfolder; ``compare`` methods on a toy."""
 
 from __future__ import annotations
 
@@ -20,8 +20,47 @@ def register(subparsers) -> None:
     from surrogate_stats.unfold._methods import METHODS
     from surrogate_stats.unfold._toys import TOYS
 
-    unf = subparsers.add_parser("unfold", help="unfolding: compare methods on toy data sets")
+    unf = subparsers.add_parser("unfold", help="unfolding: train/apply a flow unfolder, "
+                                               "compare methods on toy data sets")
     usub = unf.add_subparsers(dest="action", required=True)
+    tr = usub.add_parser("train", help="train a conditional-flow unfolder on simulated pairs "
+                                       "(parquet, csv or ROOT) and save it as an artifact")
+    tr.add_argument("--sim", required=True, help="simulated events (.parquet, .csv, .root)")
+    tr.add_argument("--particle", required=True, help="comma-separated particle-level columns")
+    tr.add_argument("--detector", required=True, help="comma-separated detector-level columns")
+    tr.add_argument("--weights", help="event-weight column")
+    tr.add_argument("--passed-reco", help="boolean column: the event passes the detector "
+                                          "selection (default: all)")
+    tr.add_argument("--passed-truth", help="boolean column: the event passes the particle "
+                                           "selection (default: all)")
+    tr.add_argument("--tree", help="TTree name for ROOT files")
+    tr.add_argument("--out", required=True, help="artifact directory to write")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--max-epochs", type=int, help="flow training epochs (default from "
+                                                   "FlowUnfoldConfig)")
+    tr.add_argument("--no-simulation", action="store_true",
+                    help="do not store the simulated pairs in the artifact (then `apply` "
+                         "cannot run the prior-reweighting iterations)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_train)
+    ap = usub.add_parser("apply", help="unfold measured events with a trained unfolder "
+                                       "(iterating on the data by default)")
+    ap.add_argument("artifact", help="directory written by `unfold train`")
+    ap.add_argument("--in", dest="inp", required=True, help="measured events (detector-level "
+                                                            "columns named as in training)")
+    ap.add_argument("--out", required=True, help="output file (.parquet or .csv)")
+    ap.add_argument("--n-samples", type=int, default=1, help="posterior draws per event; "
+                                                             "with K > 1 a column `sample`")
+    ap.add_argument("--weights", help="event-weight column of the input")
+    ap.add_argument("--tree", help="TTree name for ROOT files")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-iterate", action="store_true",
+                    help="skip the prior-reweighting iterations: sample the published ONNX "
+                         "graph with numpy + onnxruntime only")
+    ap.add_argument("--iterations", type=int, help="maximum prior-reweighting iterations "
+                                                   "(default: the trained configuration's)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.set_defaults(func=_apply)
     cmp_ = usub.add_parser("compare", help="run every method on pseudo-experiments of a toy; "
                                            "prints a table and one JSON line last")
     cmp_.add_argument("--toy", required=True, choices=sorted(TOYS))
@@ -59,4 +98,124 @@ def _compare(args) -> int:
     if args.plots:
         summary["plots"] = [str(p) for p in report.plot(args.plots)]
     print(json.dumps(summary))
+    return 0
+
+
+def _columns(text: str, what: str) -> list[str]:
+    from surrogate_stats.errors import InvalidInput
+
+    cols = [c.strip() for c in text.split(",") if c.strip()]
+    if not cols:
+        raise InvalidInput(f"--{what} needs at least one column name")
+    if len(set(cols)) != len(cols):
+        raise InvalidInput(f"--{what} names a column twice: {text}")
+    return cols
+
+
+def _bool_column(values, name):
+    import numpy as np
+
+    from surrogate_stats.errors import InvalidInput
+
+    v = np.asarray(values)
+    if v.dtype == bool:
+        return v
+    try:
+        f = v.astype(float)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"column {name!r} must be boolean or 0/1") from None
+    if not np.all(np.isin(f, (0.0, 1.0))):
+        raise InvalidInput(f"column {name!r} must be boolean or 0/1; got other values")
+    return f.astype(bool)
+
+
+def _train(args) -> int:
+    import numpy as np
+
+    from surrogate_stats._optional import optional_import
+    from surrogate_stats.unfold._data import read_events
+    from surrogate_stats.unfold._flow_unfolder import FlowUnfoldConfig, Unfolder
+
+    particle = _columns(args.particle, "particle")
+    detector = _columns(args.detector, "detector")
+    extra = [c for c in (args.weights, args.passed_reco, args.passed_truth) if c]
+    cols = list(dict.fromkeys(particle + detector + extra))
+    ev = read_events(args.sim, cols, tree=args.tree)
+    t = np.column_stack([np.asarray(ev[c], float) for c in particle])
+    r = np.column_stack([np.asarray(ev[c], float) for c in detector])
+    cfg = FlowUnfoldConfig() if args.max_epochs is None else FlowUnfoldConfig(
+        max_epochs=args.max_epochs)
+    jax = optional_import("jax")
+    u = Unfolder.fit(
+        jax.random.key(args.seed), sim_particle=t, sim_detector=r,
+        sim_weights=None if args.weights is None else np.asarray(ev[args.weights], float),
+        passed_reco=None if args.passed_reco is None else _bool_column(ev[args.passed_reco],
+                                                                       args.passed_reco),
+        passed_truth=None if args.passed_truth is None else _bool_column(
+            ev[args.passed_truth], args.passed_truth),
+        particle_names=particle, detector_names=detector, config=cfg,
+        progress=not args.quiet)
+    path = u.save(args.out, include_simulation=not args.no_simulation)
+    print(json.dumps({"artifact": str(path), "particle": particle, "detector": detector,
+                      "n_sim": u.history["n_sim"], "efficiency": u.history["efficiency"],
+                      "fake_fraction": u.history["fake_fraction"],
+                      "flow_epochs": u.history["flow"]["epochs"],
+                      "train_seconds": round(u.history["train_seconds"], 2)}))
+    return 0
+
+
+def _apply(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from surrogate_stats._optional import optional_import
+    from surrogate_stats.artifact import load_surrogate
+    from surrogate_stats.errors import InvalidInput
+    from surrogate_stats.unfold._data import read_events
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
+        raise InvalidInput(f"--out must end in .parquet or .csv; got {out.name!r}")
+    if args.n_samples < 1:
+        raise InvalidInput(f"--n-samples must be >= 1; got {args.n_samples}")
+    loaded = load_surrogate(args.artifact)
+    if not hasattr(loaded, "particle_names") or not hasattr(loaded, "detector_names"):
+        raise InvalidInput(f"{args.artifact} is not a flow unfolder artifact")
+    cols = list(loaded.detector_names) + ([args.weights] if args.weights else [])
+    ev = read_events(args.inp, cols, tree=args.tree)
+    r = np.column_stack([np.asarray(ev[c], float) for c in loaded.detector_names])
+    v = None if args.weights is None else np.asarray(ev[args.weights], float)
+    if args.no_iterate:
+        res = loaded.unfold(r, n_samples=args.n_samples, seed=args.seed, data_weights=v)
+    else:
+        from surrogate_stats.unfold._flow_unfolder import Unfolder
+
+        u = Unfolder.load(args.artifact)
+        if u.simulation is None:
+            raise InvalidInput(f"{args.artifact} was saved without its simulated events "
+                               "(--no-simulation); rerun with --no-iterate")
+        res = u.unfold(r, n_samples=args.n_samples, key=args.seed, data_weights=v,
+                       n_iterations=args.iterations, progress=not args.quiet)
+    clash = sorted({"event", "sample", "weight"} & set(res.names))
+    if clash:
+        raise InvalidInput(f"particle-level columns {clash} clash with the output columns "
+                           "event/sample/weight; rename them when training")
+    pd = optional_import("pandas")
+    n, k, _ = res.particle.shape
+    frame = {"event": np.repeat(np.arange(n), k)}
+    if k > 1:
+        frame["sample"] = np.tile(np.arange(k), n)
+    for j, name in enumerate(res.names):
+        frame[name] = res.particle[:, :, j].reshape(-1)
+    frame["weight"] = res.weights.reshape(-1)
+    df = pd.DataFrame(frame)
+    if out.suffix.lower() == ".csv":
+        df.to_csv(out, index=False)
+    else:
+        optional_import("pyarrow")
+        df.to_parquet(out, index=False)
+    print(json.dumps({"out": str(out), "events": int(n), "n_samples": int(k),
+                      "columns": list(df.columns), "iterations": res.history,
+                      "out_of_range_fraction": res.out_of_range_fraction}))
     return 0

@@ -1,4 +1,4 @@
-"""Unfolding: toy data sets, IBU and OmniFold baselines, metrics and comparison reports.
+"""Unfolding: a conditional-flow unfolder, IBU and OmniFold baselines, toys, metrics, reports.
 
 Numpy-only at import; JAX (OmniFold) and matplotlib (plots) are imported when used.
 """
@@ -10,6 +10,7 @@ from surrogate_stats.unfold._data import (
     check_detector_range,
     read_events,
 )
+from surrogate_stats.unfold._flow_unfolder import FlowUnfoldConfig, UnfoldedEvents, Unfolder
 from surrogate_stats.unfold._ibu import IBUResult, ibu, response_matrix
 from surrogate_stats.unfold._methods import (
     METHODS,
@@ -35,6 +36,7 @@ from surrogate_stats.unfold._toys import TOYS, Toy, as_generator, get_toy
 __all__ = [
     "ComparisonReport",
     "EventSample",
+    "FlowUnfoldConfig",
     "IBUMethod",
     "IBUResult",
     "METHODS",
@@ -45,6 +47,8 @@ __all__ = [
     "TOYS",
     "Toy",
     "UnfoldResult",
+    "UnfoldedEvents",
+    "Unfolder",
     "UnfoldingData",
     "as_generator",
     "bin_edges",

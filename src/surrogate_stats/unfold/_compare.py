@@ -51,6 +51,10 @@ class ComparisonReport:
         out_of_range_fraction: mean fraction of measured events outside the simulated
             detector-level range (the methods extrapolate there).
         levels: confidence levels of ``coverage``.
+        per_event_coverage: ``{method: {level: coverage}}`` for methods with per-event
+            posteriors (the flow): the fraction of (measured event with a particle-level
+            partner, observable) pairs whose truth lies in the event's central posterior
+            interval, over all pseudo-experiments.
     """
 
     toy: str
@@ -64,6 +68,7 @@ class ComparisonReport:
     example: dict = field(repr=False, default_factory=dict)
     out_of_range_fraction: float = 0.0
     levels: tuple[float, ...] = LEVELS
+    per_event_coverage: dict = field(default_factory=dict)
 
     def median(self, method: str, metric: str) -> np.ndarray:
         """Median over pseudo-experiments, per observable."""
@@ -95,6 +100,9 @@ class ComparisonReport:
                 "chi2_ndf": r(self.median(m, "chi2_ndf")),
                 **{f"coverage{round(100 * lv)}": None if cov is None else round(cov[lv], 4)
                    for lv in self.levels},
+                **{f"per_event_coverage{round(100 * lv)}":
+                   self.per_event_coverage[m][lv] for lv in self.levels
+                   if m in self.per_event_coverage},
                 "closure_wasserstein": r(self.closure[m]) if m in self.closure else None,
                 "seconds": round(self.seconds[m], 3),
             }
@@ -123,6 +131,13 @@ class ComparisonReport:
             cl = ", ".join(f"{v:.3g}" for v in self.closure.get(m, []))
             cs = " | ".join(f"{c.get(lv, float('nan')):.3f}" for lv in self.levels)
             cov.append(f"| {m} | {cs} | {cl} | {self.seconds[m]:.3g} |")
+        if self.per_event_coverage:
+            cov += ["", "| method | " + " | ".join(f"per-event coverage {round(100 * lv)}%"
+                                                   for lv in self.levels) + " |",
+                    "|---|" + "---|" * len(self.levels)]
+            for m, c in self.per_event_coverage.items():
+                cov.append(f"| {m} | " + " | ".join(f"{c[lv]:.3f}" for lv in self.levels)
+                           + " |")
         return "\n".join(rows + cov)
 
     def _repr_markdown_(self) -> str:
@@ -269,6 +284,7 @@ def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int =
                ["prior", *names]}
     est = {n: [] for n in names}
     err = {n: [] for n in names}
+    pev = {n: [] for n in names}
     example, fracs = {}, []
     for i in tqdm(range(n_pseudo), desc=f"compare {toy.name}", disable=not progress):
         data_i = toy.sample_data(s_data[i], n_data)
@@ -286,6 +302,9 @@ def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int =
             if name != "prior" and res.errors is not None:
                 est[name].append(np.concatenate(res.probs))
                 err[name].append(np.concatenate(res.errors))
+            pec = res.info.get("per_event_coverage", {})
+            if name != "prior" and all(str(lv) in pec for lv in levels):
+                pev[name].append([pec[str(lv)] for lv in levels])
         if i == 0:
             mt, mw = data_i.measured()
             example = {"truth": truth_h, "prior": list(zip(results["prior"].probs,
@@ -308,13 +327,15 @@ def compare(toy, methods=("ibu", "omnifold"), *, n_pseudo: int = 5, n_sim: int =
         truth_h = [histogram(tt[:, k], e, weights=tw) for k, e in enumerate(edges)]
         for name in names:
             clo[name] = np.array(_metrics(results[name], truth_h, edges)[0])
+    per_event = {n: dict(zip(levels, np.mean(v, axis=0).tolist())) for n, v in pev.items()
+                 if len(v) == n_pseudo}
     settings = {"n_pseudo": n_pseudo, "n_sim": n_sim, "n_data": n_data, "n_bins": n_bins,
                 "seed": seed if isinstance(seed, int) else None}
     return ComparisonReport(
         toy.name, tuple(toy.names), [e.tolist() for e in edges], settings,
         {n: {k: np.array(v) for k, v in d.items()} for n, d in metrics.items()},
         coverage, clo, {n: float(np.median(t)) for n, t in times.items()}, example,
-        float(np.mean(fracs)), tuple(levels))
+        float(np.mean(fracs)), tuple(levels), per_event)
 
 
 def coverage(toy, method, *, n_pseudo: int = 20, levels=LEVELS, **kwargs) -> dict[float, float]:
