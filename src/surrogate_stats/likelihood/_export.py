@@ -131,7 +131,8 @@ def save_surrogate(surrogate: ProfileLikelihoodSurrogate, directory: str | Path,
         "graphs": {"model": dict(GRAPH_IO)},
         "domain": {"mu": list(surrogate.domain)},
         "datasets": {
-            d: {"mu_hat": surrogate._mu_hat[d], "nll_min": surrogate._nll_min[d]}
+            d: {"mu_hat": surrogate._mu_hat[d], "nll_min": surrogate._nll_min[d],
+                "f_hat": surrogate._f_hat[d]}
             for d in DATASETS},
         "self_check": [{"mu": float(m), "tmu": t.tolist(), "nll": n.tolist()}
                        for m, t, n in zip(mus, tmu, nll)],
@@ -180,10 +181,14 @@ def from_artifact(meta: dict, graphs: dict, arrays: dict, *, on_extrapolation: s
         raise InvalidArtifact(f"metadata.json domain.mu must be [lo, hi] with lo < hi; got {dom!r}")
     mu_hat = {d: finite_number(meta, "datasets", d, "mu_hat") for d in DATASETS}
     nll_min = {d: finite_number(meta, "datasets", d, "nll_min") for d in DATASETS}
+    # artifacts written before f_hat was stored recompute it (last bits may then vary by CPU)
+    f_hat = ({d: finite_number(meta, "datasets", d, "f_hat") for d in DATASETS}
+             if all(isinstance(meta["datasets"].get(d), dict) and "f_hat" in meta["datasets"][d]
+                    for d in DATASETS) else None)
     session = make_session(graphs["model"], meta["graphs"]["model"], threads=threads)
     surrogate = ProfileLikelihoodSurrogate(
         _weights_from_arrays(arrays), domain=tuple(dom), mu_hat=mu_hat, nll_min=nll_min,
-        on_extrapolation=on_extrapolation, session=session, metadata=meta)
+        f_hat=f_hat, on_extrapolation=on_extrapolation, session=session, metadata=meta)
     _self_check(surrogate, session, meta)
     return surrogate
 

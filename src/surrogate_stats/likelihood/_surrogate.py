@@ -54,7 +54,8 @@ class ProfileLikelihoodSurrogate:
     kind = "profile_likelihood"
 
     def __init__(self, weights: dict, *, domain, mu_hat: dict, nll_min: dict,
-                 on_extrapolation: str = "warn", session=None, metadata: dict | None = None):
+                 f_hat: dict | None = None, on_extrapolation: str = "warn", session=None,
+                 metadata: dict | None = None):
         if on_extrapolation not in ("warn", "raise", "ignore"):
             raise InvalidInput(f"on_extrapolation must be 'warn', 'raise' or 'ignore'; got "
                                f"{on_extrapolation!r}")
@@ -70,8 +71,13 @@ class ProfileLikelihoodSurrogate:
         # fast path: biases folded into the matrices (homogeneous coordinates: a constant unit
         # tanh(40) == 1.0 rides along each layer), so one call is few numpy operations
         self._fast = {d: _augment(weights[d]) for d in DATASETS}
+        # the network's value at mu_hat, subtracted so that tmu(mu_hat) = 0; stored in the
+        # artifact, because numpy's SIMD tanh differs in the last bits between CPUs and a
+        # rebuilt graph must carry the published constant
         self._f_hat = {d: 0.0 for d in DATASETS}
-        self._f_hat = {d: self._raw_scalar(self._mu_hat[d], d) for d in DATASETS}
+        if f_hat is None:
+            f_hat = {d: self._raw_scalar(self._mu_hat[d], d) for d in DATASETS}
+        self._f_hat = {d: float(f_hat[d]) for d in DATASETS}
 
     @classmethod
     def from_parts(cls, weights, *, domain, mu_hat, nll_min, **kwargs):
