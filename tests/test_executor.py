@@ -214,7 +214,7 @@ def test_sigkilled_run_resumes_without_recomputing_finished_chunks(tmp_path):
     log = tmp_path / "tasks.log"
     tasks = _tasks(8, log=log)
     for t in tasks.values():
-        t["sleep"] = 0.25
+        t["sleep"] = 0.4
     proc = _start_driver(tmp_path, tasks)
     _wait_for_chunks(tmp_path / "store", 2, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker, mid-run
