@@ -7,7 +7,8 @@ import surrogate_stats as ss
     (ss.InvalidInput, ValueError), (ss.InvalidWorkspace, ValueError),
     (ss.UnknownPatch, KeyError), (ss.InvalidArtifact, ValueError),
     (ss.FitFailure, RuntimeError), (ss.MissingDependency, ImportError),
-    (ss.ExtrapolationError, ValueError),
+    (ss.ExtrapolationError, ValueError), (ss.TaskFailure, RuntimeError),
+    (ss.SchedulerUnreachable, ConnectionError), (ss.MissingChunk, KeyError),
 ])
 def test_every_error_is_ours_and_a_builtin(cls, builtin):
     assert issubclass(cls, ss.SurrogateStatsError)

@@ -19,7 +19,8 @@ def _run(code):
 
 def test_import_is_light():
     heavy = _run("import sys, surrogate_stats, surrogate_stats.likelihood\n"
-                 f"print([m for m in {HEAVY + ('onnxruntime',)!r} if m in sys.modules])")
+                 f"print([m for m in {HEAVY + ('onnxruntime', 'dask', 'distributed')!r} "
+                 "if m in sys.modules])")
     assert heavy.strip() == "[]"
 
 

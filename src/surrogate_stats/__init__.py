@@ -14,8 +14,11 @@ from surrogate_stats.errors import (
     InvalidArtifact,
     InvalidInput,
     InvalidWorkspace,
+    MissingChunk,
     MissingDependency,
+    SchedulerUnreachable,
     SurrogateStatsError,
+    TaskFailure,
     UnknownPatch,
 )
 
@@ -31,6 +34,9 @@ __all__ = [
     "InvalidArtifact",
     "FitFailure",
     "MissingDependency",
+    "TaskFailure",
+    "SchedulerUnreachable",
+    "MissingChunk",
     "ExtrapolationWarning",
     "ExtrapolationError",
 ]

@@ -23,6 +23,8 @@ _EXTRA = {
     "sklearn": "flows",
     "torch": "nflows",
     "nflows": "nflows",
+    "dask": "dask",
+    "distributed": "dask",
 }
 
 

@@ -14,6 +14,9 @@ __all__ = [
     "InvalidArtifact",
     "FitFailure",
     "MissingDependency",
+    "TaskFailure",
+    "SchedulerUnreachable",
+    "MissingChunk",
     "ExtrapolationWarning",
     "ExtrapolationError",
 ]
@@ -48,6 +51,32 @@ class FitFailure(SurrogateStatsError, RuntimeError):
 
 class MissingDependency(SurrogateStatsError, ImportError):
     """An optional dependency needed for this operation is not installed."""
+
+
+class TaskFailure(SurrogateStatsError, RuntimeError):
+    """A chunk of work run by an executor raised, or the worker running it died.
+
+    Attributes:
+        chunk_id: the id of the chunk (the first one, where several failed).
+        worker_traceback: the traceback text from the worker, or None.
+    """
+
+    def __init__(self, message: str, *, chunk_id: str | None = None,
+                 worker_traceback: str | None = None):
+        super().__init__(message)
+        self.chunk_id = chunk_id
+        self.worker_traceback = worker_traceback
+
+
+class SchedulerUnreachable(SurrogateStatsError, ConnectionError):
+    """No connection to a Dask scheduler at the given address within the timeout."""
+
+
+class MissingChunk(SurrogateStatsError, KeyError):
+    """A chunk id is not in a chunk store (never finished, or its file was corrupt)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class ExtrapolationWarning(UserWarning):
