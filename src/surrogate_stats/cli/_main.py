@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--quiet", action="store_true")
     va.set_defaults(func=_validate)
 
+    from surrogate_stats.cli._yields import register_likelihood
+
+    register_likelihood(lsub)
+
     ins = sub.add_parser("inspect", help="print an artifact's metadata summary")
     ins.add_argument("artifact")
     ins.add_argument("--json", action="store_true", help="print the whole metadata as JSON")
@@ -133,6 +137,14 @@ def _inspect(args) -> int:
     prov = meta.get("provenance") or {}
     print(f"{meta.get('name')}: kind={meta['kind']} schema_version={meta['schema_version']}")
     print(f"  workspace: {prov.get('workspace_file')} sha256={prov.get('workspace_sha256')}")
+    if meta["kind"] == "yield_likelihood":
+        print(f"  bins: {', '.join(s.bins)}  (removed channels: {meta.get('remove_channels')})")
+        print(f"  trained signal yields per bin up to: {[round(float(v), 4) for v in s.y_max]}")
+        print(f"  -ln L at zero signal: {meta.get('nll0')}")
+        if meta.get("validation"):
+            print(f"  validation vs exact fits: {json.dumps(meta['validation']['summary'])}")
+        print(f"  versions: {prov.get('versions')}")
+        return 0
     print(f"  patch: {prov.get('patch_name')}  analysis: {prov.get('analysis')}")
     print(f"  domain mu: {list(s.domain)}  poi: {meta.get('poi')}")
     print(f"  mu_hat: observed {s.mu_hat:.6g}, expected {s.mu_hat_expected:.6g}")
