@@ -1,0 +1,257 @@
+"""Yield-parametrised surrogates: labels, training, the artifact, the API and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from surrogate_stats import (
+    ExtrapolationError,
+    ExtrapolationWarning,
+    InvalidArtifact,
+    InvalidInput,
+    load_surrogate,
+)
+from tests.conftest import DATA
+
+pytest.importorskip("jax")
+pytest.importorskip("pyhf")
+
+SB = DATA / "sbottom-RegionA"
+PATCHES = [SB / "patch.sbottom_1300_850_60.json", SB / "patch.sbottom_1000_131_1.json"]
+REMOVE = ("VRtt_meff",)
+TINY_LABELS = dict(n_signals=48, n_mu=5, walkers=24, walk_steps=2, rays_per_task=24, chunk=32)
+
+
+@pytest.fixture(scope="session")
+def sbottom_spec():
+    return json.loads((SB / "BkgOnly.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def sbottom_model(sbottom_spec):
+    from surrogate_stats.likelihood._histfactory import build_model
+
+    return build_model(sbottom_spec, remove_channels=REMOVE)
+
+
+@pytest.fixture(scope="session")
+def tiny_labels(sbottom_spec, sbottom_model, tmp_path_factory):
+    from surrogate_stats._executor import ExecutorConfig
+    from surrogate_stats.likelihood._yields_labels import YieldLabelConfig, generate_yield_labels
+
+    store = tmp_path_factory.mktemp("labels") / "store"
+    labels = generate_yield_labels(sbottom_spec, remove_channels=REMOVE,
+                                   config=YieldLabelConfig(**TINY_LABELS), store_dir=store,
+                                   executor=ExecutorConfig(kind="serial"), progress=False,
+                                   model=sbottom_model)
+    return labels, store
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """A small surrogate trained by the CLI, validated on the two bundled sbottom patches."""
+    from surrogate_stats.cli import main
+
+    out = tmp_path_factory.mktemp("yields") / "sbA"
+    args = ["likelihood", "train-yields", str(SB / "BkgOnly.json"), "--out", str(out),
+            "--n-signals", "64", "--n-mu", "5", "--walkers", "32", "--max-steps", "1500",
+            "--hidden", "32,32", "--executor", "serial", "--quiet"]
+    for p in PATCHES:
+        args += ["--patch", str(p)]
+    assert main(args) == 0
+    return out
+
+
+def test_labels_are_exact_fits(tiny_labels, sbottom_model):
+    from surrogate_stats.likelihood._vfit import VectorFitter
+    from surrogate_stats.likelihood._yields_labels import DATASETS
+
+    labels, _ = tiny_labels
+    assert labels.y.shape[1] == sbottom_model.n_bins
+    assert labels.usable.mean() > 0.95
+    assert np.all(labels.y >= 0)
+    # a-priori Asimov data equal the a-priori data here (inits at the constraints' centres)
+    np.testing.assert_allclose(labels.nll[:, 1], labels.nll[:, 3])
+    # a label is the profiled -ln L at its yields: refit a few points from pyhf's init
+    rng = np.random.default_rng(0)
+    idx = rng.choice(np.flatnonzero(labels.usable), 6, replace=False)
+    fitter = VectorFitter(sbottom_model, chunk=8)
+    for d, name in enumerate(DATASETS[:3]):
+        main, aux = labels.datasets[name]
+        res = fitter.fit(labels.y[idx], main, aux, mu=np.ones(idx.size))
+        assert np.all(labels.nll[idx, d] <= res.nll + 1e-6)  # continuation: never worse
+    # the zero-signal values are those of each data set's background-only fit
+    assert labels.nll0.shape == (4,)
+    assert np.all(labels.tmu_observed[labels.usable & np.isfinite(labels.tmu_observed)] >= 0)
+
+
+def test_rerun_resumes_from_the_store(tiny_labels, sbottom_spec, sbottom_model):
+    from surrogate_stats._executor import ExecutorConfig
+    from surrogate_stats.likelihood._yields_labels import YieldLabelConfig, generate_yield_labels
+
+    labels, store = tiny_labels
+    chunks = sorted(p for p in store.iterdir() if p.suffix == ".npz")
+    assert len(chunks) >= 3
+    stamps = {p.name: p.stat().st_mtime_ns for p in chunks}
+    again = generate_yield_labels(sbottom_spec, remove_channels=REMOVE,
+                                  config=YieldLabelConfig(**TINY_LABELS), store_dir=store,
+                                  executor=ExecutorConfig(kind="serial"), progress=False,
+                                  model=sbottom_model)
+    assert {p.name: p.stat().st_mtime_ns for p in store.iterdir() if p.suffix == ".npz"} == \
+        stamps  # nothing recomputed
+    np.testing.assert_array_equal(again.nll, labels.nll)
+
+
+def test_labels_through_a_local_dask_cluster(sbottom_spec, tmp_path):
+    """The label workers run on Dask workers (a local cluster) and give the serial result."""
+    distributed = pytest.importorskip("distributed")
+    from surrogate_stats._executor import ExecutorConfig
+    from surrogate_stats.likelihood._yields_labels import YieldLabelConfig, generate_yield_labels
+
+    cfg = YieldLabelConfig(n_signals=10, n_mu=3, walkers=0, rays_per_task=5, chunk=16)
+    serial = generate_yield_labels(sbottom_spec, remove_channels=REMOVE, config=cfg,
+                                   executor=ExecutorConfig(kind="serial"), progress=False,
+                                   store_dir=tmp_path / "serial")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        dask = generate_yield_labels(sbottom_spec, remove_channels=REMOVE, config=cfg,
+                                     executor=ExecutorConfig(kind="dask",
+                                                             scheduler=cluster.scheduler_address),
+                                     progress=False, store_dir=tmp_path / "dask")
+    np.testing.assert_allclose(dask.nll, serial.nll, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(dask.y, serial.y)
+
+
+def test_artifact_loads_with_onnx_parity_and_validation(tiny_artifact):
+    s = load_surrogate(tiny_artifact)
+    meta = s.metadata
+    assert s.kind == "yield_likelihood"
+    assert s.bins == ("SR_meff-0", "SR_meff-1", "SR_meff-2", "CRtt_meff-0", "CRtt_meff-1",
+                      "CRtt_meff-2")
+    assert meta["remove_channels"] == ["VRtt_meff"]
+    assert meta["signal_injection"].startswith("normalisation factor only")
+    # numpy path = ONNX graph on fresh random yields inside the domain
+    rng = np.random.default_rng(7)
+    y = rng.uniform(0, 1, (200, s.n_bins)) * s.y_max
+    got = s._session.run(["delta_nll"], {"yields": y})[0]
+    np.testing.assert_allclose(got, s.delta_nll(y), rtol=1e-9, atol=1e-9)
+    v = meta["validation"]["summary"]
+    assert v["n_signals"] == 2 and v["n_errors"] == 0 and v["signals_converged"] == 2
+    # even this small network is close to the exact fits on the analysis's own signals
+    assert v["max_abs_dtmu_observed"] < 0.5
+    assert v["max_ul_observed_rel"] < 0.05
+
+
+def test_api_and_consistency(tiny_artifact):
+    s = load_surrogate(tiny_artifact)
+    sig = s.y_max * 0.1
+    nll = s.nll([0.0, 0.5, 1.0], signal=sig)
+    assert nll.shape == (3,)
+    assert s.nll(0.0, signal=sig) == pytest.approx(s.nll_zero())
+    mu_hat, nll_hat = s.best_fit(sig)
+    assert mu_hat >= 0 and nll_hat <= s.nll(mu_hat + 0.1, signal=sig) + 1e-12
+    tmu = s.tmu([0.3, 1.0], signal=sig)
+    np.testing.assert_allclose(tmu, 2 * (s.nll([0.3, 1.0], signal=sig) - nll_hat), atol=1e-12)
+    # dict signals by bin name; expected variants
+    as_dict = dict(zip(s.bins, sig))
+    assert s.nll(1.0, signal=as_dict) == s.nll(1.0, signal=sig)
+    for exp in (True, "apriori", "apriori_asimov", "aposteriori"):
+        assert s.tmu(1.0, signal=sig, expected=exp) >= 0
+    obs, band = s.upper_limit(signal=sig)
+    assert obs > 0 and len(band) == 5 and band == sorted(band)
+    # the signal view works with the pyhf-shaped inference
+    from surrogate_stats import infer
+
+    cls = infer.hypotest(band[2], s.for_signal(sig))
+    assert 0 < float(cls) < 1
+
+
+def test_bad_inputs(tiny_artifact):
+    s = load_surrogate(tiny_artifact)
+    sig = s.y_max * 0.1
+    with pytest.raises(InvalidInput, match=r"expected signal yields for 6 bins \(SR_meff-0, "):
+        s.nll(1.0, signal=sig[:5])
+    with pytest.raises(InvalidInput, match="finite; not in bins \\['SR_meff-1'\\]"):
+        s.nll(1.0, signal=np.where(np.arange(6) == 1, np.nan, sig))
+    with pytest.raises(InvalidInput, match="negative total yields .* in bins"):
+        s.nll(-1e4, signal=sig)
+    with pytest.raises(InvalidInput, match="missing: \\['CRtt_meff-2'\\]"):
+        s.nll(1.0, signal={b: 1.0 for b in s.bins[:-1]})
+    with pytest.raises(InvalidInput, match="unknown: \\['SR_x'\\]"):
+        s.nll(1.0, signal={**{b: 1.0 for b in s.bins}, "SR_x": 1.0})
+    with pytest.raises(InvalidInput, match="expected must be"):
+        s.nll(1.0, signal=sig, expected="sometimes")
+    with pytest.raises(InvalidInput, match="mu must be finite"):
+        s.nll(np.inf, signal=sig)
+    with pytest.warns(ExtrapolationWarning, match="above the trained maximum in"):
+        s.nll(20.0, signal=sig)
+    strict = load_surrogate(tiny_artifact, on_extrapolation="raise")
+    with pytest.raises(ExtrapolationError, match="above the trained maximum"):
+        strict.tmu(20.0, signal=sig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.nll(1.0, signal=sig)  # inside: silent
+
+
+def test_tampered_artifact_is_refused(tiny_artifact, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_artifact, bad)
+    meta = json.loads((bad / "metadata.json").read_text())
+    meta["nll0"]["observed"] += 1.0
+    (bad / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidArtifact):
+        load_surrogate(bad)
+    from tests.hardening.conftest import resign
+
+    resign(bad)  # a consistent hash, but the numbers no longer belong together
+    with pytest.raises(InvalidArtifact, match="nll0"):
+        load_surrogate(bad)
+
+
+def test_exact_reference_matches_pyhf(sbottom_spec, sbottom_model):
+    """The engine's CLs at mu equals pyhf's hypotest on the normfactor-only workspace."""
+    import pyhf
+
+    from surrogate_stats._asymptotics import cls_values
+    from surrogate_stats.likelihood._exact import numpy_backend
+    from surrogate_stats.likelihood._histfactory import inject_signal
+    from surrogate_stats.likelihood._vfit import VectorFitter
+    from surrogate_stats.likelihood._yields_labels import reference_datasets
+    from surrogate_stats.likelihood._yields_validate import exact_reference, signal_from_patch
+
+    ops = json.loads(PATCHES[0].read_text())
+    signal = signal_from_patch(ops, sbottom_spec, sbottom_model.bins)
+    fitter = VectorFitter(sbottom_model, chunk=16)
+    datasets, _, _ = reference_datasets(sbottom_model, fitter)
+    ref = exact_reference(fitter, datasets, signal[None])
+    assert ref.converged.all()
+    mu = float(ref.upper_limit[0])
+    j = int(np.argmin(np.abs(ref.mu[0] - mu)))
+    mu_grid = float(ref.mu[0, j])
+    got = float(cls_values(ref.tmu_observed[0, j], ref.tmu_expected[0, j])[0])
+    patched = inject_signal(sbottom_spec, signal, remove=REMOVE)
+    with numpy_backend():
+        ws = pyhf.Workspace(patched)
+        model = ws.model()
+        bounds = model.config.suggested_bounds()
+        bounds[model.config.poi_index] = (0.0, 50.0)
+        want = float(pyhf.infer.hypotest(mu_grid, ws.data(model), model, par_bounds=bounds))
+    assert got == pytest.approx(want, abs=2e-3)
+    assert 0.02 < got < 0.2  # near the 95% CL limit, where it matters
+
+
+def test_analysis_signals_and_removed_channels(sbottom_spec):
+    from surrogate_stats.likelihood._yields_pipeline import analysis_signals
+
+    names, ops, removed = analysis_signals(sbottom_spec, patches=PATCHES)
+    assert names == ["sbottom_1300_850_60", "sbottom_1000_131_1"]
+    assert removed == ("VRtt_meff",)
+    ps_names, _, ps_removed = analysis_signals(
+        json.loads((DATA / "3L-eRJR" / "BkgOnly.json").read_text()),
+        patchset=DATA / "3L-eRJR" / "patchset.json")
+    assert "ERJR_500p0_0p0" in ps_names and ps_removed == ()
