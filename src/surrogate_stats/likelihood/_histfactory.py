@@ -196,15 +196,24 @@ class HistFactoryModel:
           slot k' it is ``W2[k, k'] = A F prod_{k'' != k, k'} P_k''`` (these are products,
           never quotients, so a normfactor at 0 is fine).
 
-        Returns ``(R, U, V, C, W, W2)``: R (S, B); U, V, C (n_pars, S, B) (zero outside the
-        alphas); W (M, S, B); W2 (M, M, S, B) (zero on the diagonal).
+        Returns ``(R, U, V, C, W, W2)``: R (S, B); U, V, C (A, S, B) for the A parameters in
+        :attr:`alpha_index` (the normsys and histosys ones); W (M, S, B); W2 (M, M, S, B)
+        (zero on the diagonal). The parameter of slot k in sample s, bin b is
+        ``_mult_idx[k, s, b]`` (``n_pars`` where the slot is empty).
         """
         jax = optional_import("jax")
         jnp = jax.numpy
-        n, (n_s, n_b) = self.n_pars, self._nominal.shape
+        n_s, n_b = self._nominal.shape
+        alphas = self.alpha_index
+        # row a of U takes normsys row ns_row[a] and histosys row hs_row[a] (the last, a zero
+        # row, where the parameter has none): gathers, which XLA runs much faster than scatters
+        ns_row = np.full(alphas.size, self._ns_idx.size)
+        ns_row[np.searchsorted(alphas, self._ns_idx)] = np.arange(self._ns_idx.size)
+        hs_row = np.full(alphas.size, self._hs_idx.size)
+        hs_row[np.searchsorted(alphas, self._hs_idx)] = np.arange(self._hs_idx.size)
+        zero = jnp.zeros((1, n_s, n_b), theta.dtype)
         additive = jnp.asarray(self._nominal)
-        U = jnp.zeros((n, n_s, n_b), theta.dtype)
-        V, C = U, U
+        U = V = C = jnp.zeros((alphas.size, n_s, n_b), theta.dtype)
         if self._hs_idx.size:
             a = theta[self._hs_idx]
             one = jnp.ones_like(a)
@@ -225,13 +234,14 @@ class HistFactoryModel:
             (f, df), (_, ddf) = jax.jvp(e1, (a,), (one,))
             factor = factor * jnp.prod(f, axis=0)
             dlog = df / f
-            U = U.at[self._ns_idx].add(dlog)
-            C = C.at[self._ns_idx].add(ddf / f - dlog * dlog)
+            U = jnp.concatenate([dlog, zero])[ns_row]
+            C = jnp.concatenate([ddf / f - dlog * dlog, zero])[ns_row]
         if self._hs_idx.size:
             safe = jnp.where(additive != 0, additive, 1.0)
-            U = U.at[self._hs_idx].add(d_delta / safe)
-            V = V.at[self._hs_idx].add(d_delta / safe)
-            C = C.at[self._hs_idx].add(dd_delta / safe)
+            v = jnp.concatenate([d_delta / safe, zero])[hs_row]
+            U = U + v
+            V = v
+            C = C + jnp.concatenate([dd_delta / safe, zero])[hs_row]
         base = additive * factor
         m = self._mult_idx.shape[0]
         if m:
@@ -250,11 +260,69 @@ class HistFactoryModel:
         return R, U, V, C, W, W2
 
     @property
-    def _mult_onehot(self) -> np.ndarray:
-        """(M, S, B, n_pars + 1) one-hot parameter of each multiplicative slot (last: none)."""
-        out = np.zeros(self._mult_idx.shape + (self.n_pars + 1,))
-        np.put_along_axis(out, self._mult_idx[..., None], 1.0, axis=-1)
-        return out
+    def alpha_index(self) -> np.ndarray:
+        """Indices of the parameters with normsys or histosys modifiers (sorted)."""
+        return np.union1d(self._ns_idx, self._hs_idx).astype(int)
+
+    @property
+    def mult_index(self) -> np.ndarray:
+        """Indices of the parameters that multiply rates (normfactor, lumi, gammas), sorted."""
+        idx = np.unique(self._mult_idx)
+        return idx[idx < self.n_pars].astype(int)
+
+    def _blocks(self):
+        """Static pieces of :meth:`rate_jacobian_hessian`: one-hot slot maps and the order."""
+        n = self.n_pars
+        alphas, mults = self.alpha_index, self.mult_index
+        n_s, n_b = self._nominal.shape
+        col = {p: i for i, p in enumerate(mults)}
+        onehot = np.zeros(self._mult_idx.shape + (mults.size,))
+        for pos, p in np.ndenumerate(self._mult_idx):
+            if p < n:
+                onehot[pos + (col[int(p)],)] = 1.0
+        rest = np.setdiff1d(np.arange(n), np.union1d(alphas, mults))
+        order = np.concatenate([alphas, mults, rest]).astype(int)
+        if np.intersect1d(alphas, mults).size:
+            raise InvalidWorkspace("a parameter both interpolates (normsys/histosys) and "
+                                   "multiplies rates; the JAX engine does not support that")
+        return onehot.reshape(self._mult_idx.shape[0], n_s * n_b, mults.size), \
+            np.argsort(order), rest.size
+
+    def rate_jacobian_hessian(self, theta, weights):
+        """``d lambda_b / d theta_p`` (P, B) and ``sum_b w_b d2 lambda_b / d theta^2`` (P, P).
+
+        Built block by block (interpolating parameters, multiplicative ones) with dense
+        products over the modifier entries and one static reordering: no scatter operations.
+        """
+        jnp = optional_import("jax.numpy")
+        onehot, inverse, n_rest = self._blocks()
+        R, U, V, C, W, W2 = self.rate_derivatives(theta)
+        n_s, n_b = R.shape
+        n_a = U.shape[0]
+        uf, vf = U.reshape(n_a, -1), V.reshape(n_a, -1)
+        w = (R * weights[None, :]).reshape(-1)
+        b_w = jnp.tile(weights, n_s)  # weight of flattened (s, b)
+        h_aa = (uf * w) @ uf.T - (vf * w) @ vf.T + jnp.diag((C.reshape(n_a, -1) * w).sum(1))
+        jac_a = jnp.einsum("asb,sb->ab", U, R)
+        n_m, m = onehot.shape[2], onehot.shape[0]
+        h_am = jnp.zeros((n_a, n_m), theta.dtype)
+        h_mm = jnp.zeros((n_m, n_m), theta.dtype)
+        jac_m = jnp.zeros((n_m, n_b), theta.dtype)
+        for k in range(m):
+            wk = W[k].reshape(-1)
+            jac_m = jac_m + jnp.einsum("nq,n->qn", onehot[k], wk).reshape(n_m, n_s, n_b).sum(1)
+            h_am = h_am + (uf * (wk * b_w)[None, :]) @ onehot[k]
+            for j in range(m):
+                if j != k:
+                    h_mm = h_mm + (onehot[k].T * (W2[k, j].reshape(-1) * b_w)[None, :]) \
+                        @ onehot[j]
+        z_r = jnp.zeros((n_rest, n_b), theta.dtype)
+        jac = jnp.concatenate([jac_a, jac_m, z_r])[inverse]
+        top = jnp.concatenate([h_aa, h_am, jnp.zeros((n_a, n_rest))], axis=1)
+        mid = jnp.concatenate([h_am.T, h_mm, jnp.zeros((n_m, n_rest))], axis=1)
+        low = jnp.zeros((n_rest, n_a + n_m + n_rest), theta.dtype)
+        h = jnp.concatenate([top, mid, low])[inverse][:, inverse]
+        return R.sum(axis=0), jac, h
 
     def constraint_logpdf(self, aux, theta):
         """pyhf's constraint term: Gaussian and Poisson auxiliary measurements.

@@ -234,29 +234,13 @@ def _objective(model: HistFactoryModel):
         lam = model.sample_rates(x[:n_pars]).sum(axis=0) + x[n_pars] * signal
         return jnp.sum(poisson_nll(main, lam)) - model.constraint_logpdf(aux, x[:n_pars])
 
-    onehot = model._mult_onehot[..., :n_pars]  # (M, S, B, P)
-
-    def rate_jacobian_and_hessian(theta, d1):
-        """d lambda_b / d theta_p (P, B) and sum_b d1_b d2 lambda_b / d theta d theta (P, P)."""
-        R, U, V, C, W, W2 = model.rate_derivatives(theta)
-        jac = jnp.einsum("psb,sb->pb", U, R) + jnp.einsum("ksbp,ksb->pb", onehot, W)
-        w = (R * d1[None, :]).reshape(-1)
-        uf, vf = U.reshape(n_pars, -1), V.reshape(n_pars, -1)
-        h = (uf * w) @ uf.T - (vf * w) @ vf.T + jnp.diag((C.reshape(n_pars, -1) * w).sum(1))
-        if W.shape[0]:
-            mixed = jnp.einsum("psb,ksb,ksbq->pq", U, W * d1[None, None, :], onehot)
-            h = h + mixed + mixed.T
-            h = h + jnp.einsum("ksbp,klsb,lsbq->pq", onehot, W2 * d1[None, None, None, :],
-                               onehot)
-        return R.sum(axis=0), jac, h
-
     def derivatives(x, signal, main, aux):
         theta = x[:n_pars]
         lam_b = model.sample_rates(theta).sum(axis=0)
         lam = lam_b + x[n_pars] * signal
         d1 = 1.0 - main / lam  # d(-ln Pois)/d lambda
         d2 = main / lam**2
-        _, jac_t, h_rates = rate_jacobian_and_hessian(theta, d1)
+        _, jac_t, h_rates = model.rate_jacobian_hessian(theta, d1)
         jac = jnp.concatenate([jac_t, signal[None, :]])  # (P+1, B)
         hc = chess(aux, theta)
         g = (jac @ d1).at[:n_pars].add(cgrad(aux, theta))
@@ -265,19 +249,6 @@ def _objective(model: HistFactoryModel):
         return g, h, fisher
 
     return f, derivatives
-
-
-def _jacobian(model: HistFactoryModel):
-    """``theta -> d lambda_b / d theta_p`` (P, B), pyhf's bin order."""
-    jnp = optional_import("jax.numpy")
-    onehot = model._mult_onehot[..., :model.n_pars]
-
-    def jacobian(theta):
-        R, U, _, _, W, _ = model.rate_derivatives(theta)
-        return jnp.einsum("psb,sb->pb", U, R) + jnp.einsum("ksbp,ksb->pb", onehot, W)
-
-    return jacobian
-
 
 
 def signal_information(model: HistFactoryModel, theta, main, aux) -> np.ndarray:
@@ -291,7 +262,6 @@ def signal_information(model: HistFactoryModel, theta, main, aux) -> np.ndarray:
     jax = optional_import("jax")
     jnp = jax.numpy
     _, derivatives = _objective(model)
-    jacobian = _jacobian(model)
     with jax.enable_x64(True):
         x = jnp.concatenate([jnp.asarray(theta, dtype=float), jnp.zeros(1)])
         zero = jnp.zeros(model.n_bins)
@@ -299,7 +269,7 @@ def signal_information(model: HistFactoryModel, theta, main, aux) -> np.ndarray:
         g, h, _ = derivatives(x, zero, main_p, jnp.asarray(aux, dtype=float))
         lam = model.sample_rates(x[:-1]).sum(axis=0)
         d2 = main_p / lam**2
-        jac = jacobian(x[:-1])
+        _, jac, _ = model.rate_jacobian_hessian(x[:-1], jnp.zeros(model.n_bins))
         h_tt = np.asarray(h[:-1, :-1])
         h_ty = np.asarray(jac * d2[None, :])
     theta = np.asarray(theta, dtype=float)
