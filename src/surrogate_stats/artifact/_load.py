@@ -14,6 +14,7 @@ __all__ = ["load_surrogate"]
 # kind -> "module:function(meta, graphs, arrays, **options)"; imported only when used
 LOADERS = {
     "profile_likelihood": "surrogate_stats.likelihood._export:from_artifact",
+    "yield_likelihood": "surrogate_stats.likelihood._yields_export:from_artifact",
     "matrix_element": "surrogate_stats.matrix_element._export:from_artifact",
     "correction_flow": "surrogate_stats.flows._artifact:from_artifact",
     "flow_unfolder": "surrogate_stats.unfold._flow_artifact:from_artifact",

@@ -182,19 +182,28 @@ class HistFactoryModel:
         return self.sample_rates(theta).sum(axis=0)[self._perm]
 
     def rate_derivatives(self, theta):
-        """Sample rates R (S, B) and the pieces of their exact first and second derivatives.
+        """Exact first and second derivatives of the sample rates, without nested autodiff.
 
-        Every rate is ``R = A(alpha) * prod_k F_k(alpha_k) * prod_j theta_j`` with ``A`` the
-        nominal plus histosys deltas, each term depending on one parameter. With
-        ``U[p] = d log R / d theta_p``, ``V[p] = (dA / d theta_p) / A`` and ``C[p]`` the
-        diagonal second-derivative terms, ``d2 R / d theta_p d theta_q = R (U_p U_q - V_p V_q
-        + delta_pq C_p)``. Returns ``(R, U, V, C)`` with U, V, C of shape (n_pars, S, B).
+        Every rate is ``R = A(alpha) F(alpha) P(theta)``: ``A`` the nominal plus histosys
+        deltas and ``F`` the product of normsys factors (each term depends on one alpha), ``P``
+        the product of the M multiplicative parameters of that sample and bin (normfactor,
+        lumi, staterror, shapesys, shapefactor). With ``U[p] = d log(A F) / d alpha_p``,
+        ``V[p] = (dA / d alpha_p) / A`` and ``C[p]`` the diagonal terms,
+
+        * ``d2 R / d alpha_p d alpha_q = R (U_p U_q - V_p V_q + delta_pq C_p)``;
+        * the derivative in the parameter of slot k is ``W[k] = A F prod_{k' != k} P_k'``,
+          its mixed derivative with alpha_p is ``U_p W[k]``, and with the parameter of another
+          slot k' it is ``W2[k, k'] = A F prod_{k'' != k, k'} P_k''`` (these are products,
+          never quotients, so a normfactor at 0 is fine).
+
+        Returns ``(R, U, V, C, W, W2)``: R (S, B); U, V, C (n_pars, S, B) (zero outside the
+        alphas); W (M, S, B); W2 (M, M, S, B) (zero on the diagonal).
         """
         jax = optional_import("jax")
         jnp = jax.numpy
         n, (n_s, n_b) = self.n_pars, self._nominal.shape
         additive = jnp.asarray(self._nominal)
-        U = jnp.zeros((n + 1, n_s, n_b), theta.dtype)
+        U = jnp.zeros((n, n_s, n_b), theta.dtype)
         V, C = U, U
         if self._hs_idx.size:
             a = theta[self._hs_idx]
@@ -223,15 +232,29 @@ class HistFactoryModel:
             U = U.at[self._hs_idx].add(d_delta / safe)
             V = V.at[self._hs_idx].add(d_delta / safe)
             C = C.at[self._hs_idx].add(dd_delta / safe)
-        if self._mult_idx.size:
+        base = additive * factor
+        m = self._mult_idx.shape[0]
+        if m:
             theta_ext = jnp.concatenate([theta, jnp.ones((1,), theta.dtype)])
-            vals = theta_ext[self._mult_idx]
-            factor = factor * jnp.prod(vals, axis=0)
-            s_idx = np.broadcast_to(np.arange(n_s)[None, :, None], self._mult_idx.shape)
-            b_idx = np.broadcast_to(np.arange(n_b)[None, None, :], self._mult_idx.shape)
-            U = U.at[self._mult_idx, s_idx, b_idx].add(1.0 / vals)
-            C = C.at[self._mult_idx, s_idx, b_idx].add(-1.0 / vals**2)
-        return additive * factor, U[:n], V[:n], C[:n]
+            vals = theta_ext[self._mult_idx]  # (M, S, B)
+            eye = np.eye(m, dtype=bool)[:, :, None, None]
+            W = base * jnp.prod(jnp.where(eye, 1.0, vals[None]), axis=1)
+            pair = eye[:, None] | eye[None, :]  # (M, M, M, 1, 1): slot in {k, k'}
+            W2 = base * jnp.prod(jnp.where(pair, 1.0, vals[None, None]), axis=2)
+            W2 = jnp.where(np.eye(m, dtype=bool)[:, :, None, None], 0.0, W2)
+            R = base * jnp.prod(vals, axis=0)
+        else:
+            W = jnp.zeros((0, n_s, n_b), theta.dtype)
+            W2 = jnp.zeros((0, 0, n_s, n_b), theta.dtype)
+            R = base
+        return R, U, V, C, W, W2
+
+    @property
+    def _mult_onehot(self) -> np.ndarray:
+        """(M, S, B, n_pars + 1) one-hot parameter of each multiplicative slot (last: none)."""
+        out = np.zeros(self._mult_idx.shape + (self.n_pars + 1,))
+        np.put_along_axis(out, self._mult_idx[..., None], 1.0, axis=-1)
+        return out
 
     def constraint_logpdf(self, aux, theta):
         """pyhf's constraint term: Gaussian and Poisson auxiliary measurements.

@@ -13,7 +13,7 @@ be indefinite there (asymmetric histosys with code 4p); once an accepted step ga
 0.1 the exact Hessian takes over and convergence is quadratic.
 
 A fit has *converged* when the exact-Hessian Newton decrement (the decrease in -ln L that one
-more Newton step predicts) is below ``tol`` with the damping small. Fits still running after a
+more undamped Newton step predicts) is below ``tol``. Fits still running after a
 first pass of ``first_pass`` iterations continue in smaller batches up to ``max_iter``; fits that
 never converge are reported (``converged=False``) and, with ``fallback="pyhf"``, refitted with
 pyhf (numpy backend, SLSQP at tolerance 1e-10).
@@ -30,7 +30,7 @@ from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput
 from surrogate_stats.likelihood._histfactory import HistFactoryModel, poisson_nll
 
-__all__ = ["FitBatch", "VectorFitter"]
+__all__ = ["FitBatch", "VectorFitter", "signal_information"]
 
 _LAM0 = 1e-3  # initial Levenberg-Marquardt damping (relative to the Hessian's diagonal)
 _UP, _DOWN = 4.0, 10.0  # damping x _UP after a rejected step, / _DOWN after a good one
@@ -92,10 +92,10 @@ class VectorFitter:
         self.spec = spec
         self._solvers: dict = {}
 
-    def _solver(self, max_iter: int):
-        if max_iter not in self._solvers:
-            self._solvers[max_iter] = _make_solver(self.model, max_iter, self.tol)
-        return self._solvers[max_iter]
+    def _solver(self):
+        if "solver" not in self._solvers:
+            self._solvers["solver"] = _make_solver(self.model, self.tol)
+        return self._solvers["solver"]
 
     def fit(self, signal, main, aux, *, mu=None, mu_bounds=(0.0, 100.0), init=None,
             mu_init=None) -> FitBatch:
@@ -156,16 +156,21 @@ class VectorFitter:
 
     def _run(self, inputs, max_iter, chunk):
         jnp = optional_import("jax.numpy")
-        solve = self._solver(max_iter)
+        start, step = self._solver()
         n = inputs[0].shape[0]
         outs = []
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            pad = chunk - (stop - start)
-            parts = [np.pad(a[start:stop], [(0, pad)] + [(0, 0)] * (a.ndim - 1), mode="edge")
-                     for a in inputs]
-            res = solve(*[jnp.asarray(p) for p in parts])
-            outs.append([np.array(r)[:stop - start] for r in res])
+        for first in range(0, n, chunk):
+            stop = min(first + chunk, n)
+            pad = chunk - (stop - first)
+            parts = [jnp.asarray(np.pad(a[first:stop], [(0, pad)] + [(0, 0)] * (a.ndim - 1),
+                                        mode="edge")) for a in inputs]
+            state = start(*parts)
+            for _ in range(max_iter):
+                state = step(state, *parts[1:])
+                if bool(np.all(np.asarray(state[4]))):
+                    break
+            x, fx, it, _, done, _ = state
+            outs.append([np.array(r)[:stop - first] for r in (x, fx, done, it)])
         x, f, conv, it = (np.concatenate([o[i] for o in outs]) for i in range(4))
         return x, f, conv.astype(bool), it.astype(int)
 
@@ -215,84 +220,164 @@ class VectorFitter:
         return main_a, aux_a, fit
 
 
-def _make_solver(model: HistFactoryModel, max_iter: int, tol: float):
-    jax = optional_import("jax")
-    jnp = jax.numpy
-    lax = jax.lax
+def _objective(model: HistFactoryModel):
+    """``f(x, signal, main, aux)`` = -ln L and its exact derivatives, all in pyhf's bin order.
 
+    ``x`` is the nuisance parameters followed by mu. ``derivatives`` returns the gradient, the
+    exact Hessian and the Fisher information (expected, positive semi-definite).
+    """
+    jnp = optional_import("jax.numpy")
     n_pars = model.n_pars
-    p_lo, p_hi = model.lower, model.upper
-    p_fixed = model.fixed
     cgrad, chess = model.constraint_derivatives()
-    unperm = model._unperm
 
-    def f(x, signal, main, aux):  # signal, main in pyhf's bin order
+    def f(x, signal, main, aux):
         lam = model.sample_rates(x[:n_pars]).sum(axis=0) + x[n_pars] * signal
         return jnp.sum(poisson_nll(main, lam)) - model.constraint_logpdf(aux, x[:n_pars])
 
-    def derivatives(x, signal, main, aux):
-        """Exact gradient and Hessian, and the Fisher information, from the rates' structure."""
-        theta = x[:n_pars]
-        R, U, V, C = model.rate_derivatives(theta)
-        lam = R.sum(axis=0) + x[n_pars] * signal
-        d1 = 1.0 - main / lam  # d(-ln Pois)/d lambda
-        d2 = main / lam**2
-        jac = jnp.concatenate([jnp.einsum("psb,sb->pb", U, R), signal[None, :]])  # (P+1, B)
+    onehot = model._mult_onehot[..., :n_pars]  # (M, S, B, P)
+
+    def rate_jacobian_and_hessian(theta, d1):
+        """d lambda_b / d theta_p (P, B) and sum_b d1_b d2 lambda_b / d theta d theta (P, P)."""
+        R, U, V, C, W, W2 = model.rate_derivatives(theta)
+        jac = jnp.einsum("psb,sb->pb", U, R) + jnp.einsum("ksbp,ksb->pb", onehot, W)
         w = (R * d1[None, :]).reshape(-1)
         uf, vf = U.reshape(n_pars, -1), V.reshape(n_pars, -1)
+        h = (uf * w) @ uf.T - (vf * w) @ vf.T + jnp.diag((C.reshape(n_pars, -1) * w).sum(1))
+        if W.shape[0]:
+            mixed = jnp.einsum("psb,ksb,ksbq->pq", U, W * d1[None, None, :], onehot)
+            h = h + mixed + mixed.T
+            h = h + jnp.einsum("ksbp,klsb,lsbq->pq", onehot, W2 * d1[None, None, None, :],
+                               onehot)
+        return R.sum(axis=0), jac, h
+
+    def derivatives(x, signal, main, aux):
+        theta = x[:n_pars]
+        lam_b = model.sample_rates(theta).sum(axis=0)
+        lam = lam_b + x[n_pars] * signal
+        d1 = 1.0 - main / lam  # d(-ln Pois)/d lambda
+        d2 = main / lam**2
+        _, jac_t, h_rates = rate_jacobian_and_hessian(theta, d1)
+        jac = jnp.concatenate([jac_t, signal[None, :]])  # (P+1, B)
         hc = chess(aux, theta)
-        h_rates = (uf * w) @ uf.T - (vf * w) @ vf.T + jnp.diag((C.reshape(n_pars, -1) * w).sum(1)
-                                                             + hc)
         g = (jac @ d1).at[:n_pars].add(cgrad(aux, theta))
-        h = ((jac * d2[None, :]) @ jac.T).at[:n_pars, :n_pars].add(h_rates)
+        h = ((jac * d2[None, :]) @ jac.T).at[:n_pars, :n_pars].add(h_rates + jnp.diag(hc))
         fisher = ((jac / lam[None, :]) @ jac.T).at[:n_pars, :n_pars].add(jnp.diag(hc))
         return g, h, fisher
 
-    def one(x0, signal, main, aux, mu_lo, mu_hi, mu_free):
+    return f, derivatives
+
+
+def _jacobian(model: HistFactoryModel):
+    """``theta -> d lambda_b / d theta_p`` (P, B), pyhf's bin order."""
+    jnp = optional_import("jax.numpy")
+    onehot = model._mult_onehot[..., :model.n_pars]
+
+    def jacobian(theta):
+        R, U, _, _, W, _ = model.rate_derivatives(theta)
+        return jnp.einsum("psb,sb->pb", U, R) + jnp.einsum("ksbp,ksb->pb", onehot, W)
+
+    return jacobian
+
+
+
+def signal_information(model: HistFactoryModel, theta, main, aux) -> np.ndarray:
+    """The profiled Hessian of -ln L in the per-bin signal yields at zero signal, (B, B).
+
+    ``theta`` are the nuisance parameters of the background-only fit to ``(main, aux)``.
+    Parameters that are fixed or at a bound are held. On Asimov data its inverse is the
+    covariance of the fitted background yields plus their Poisson variance, and
+    ``1 / sqrt(I_bb)`` is the signal yield in bin b that one sigma of sensitivity needs.
+    """
+    jax = optional_import("jax")
+    jnp = jax.numpy
+    _, derivatives = _objective(model)
+    jacobian = _jacobian(model)
+    with jax.enable_x64(True):
+        x = jnp.concatenate([jnp.asarray(theta, dtype=float), jnp.zeros(1)])
+        zero = jnp.zeros(model.n_bins)
+        main_p = jnp.asarray(model.pyhf_data_order(np.asarray(main, dtype=float)))
+        g, h, _ = derivatives(x, zero, main_p, jnp.asarray(aux, dtype=float))
+        lam = model.sample_rates(x[:-1]).sum(axis=0)
+        d2 = main_p / lam**2
+        jac = jacobian(x[:-1])
+        h_tt = np.asarray(h[:-1, :-1])
+        h_ty = np.asarray(jac * d2[None, :])
+    theta = np.asarray(theta, dtype=float)
+    free = ~model.fixed & (theta > model.lower) & (theta < model.upper)
+    h_yy = np.diag(np.asarray(d2))
+    h_ty = h_ty[free]
+    info = h_yy - h_ty.T @ np.linalg.solve(h_tt[np.ix_(free, free)], h_ty)
+    info = 0.5 * (info + info.T)
+    # workspace bin order
+    perm = model._perm
+    return info[np.ix_(perm, perm)]
+
+
+def _make_solver(model: HistFactoryModel, tol: float):
+    """Jitted, vmapped ``(start, step)``: the initial state and one solver iteration.
+
+    The iteration loop runs on the host (one compiled call per iteration, stopping as soon as
+    every fit of the batch has converged, which a vmapped ``lax.while_loop`` cannot do per
+    batch member anyway).
+    """
+    jax = optional_import("jax")
+    jnp = jax.numpy
+
+    p_lo, p_hi = model.lower, model.upper
+    p_fixed = model.fixed
+    unperm = model._unperm
+    f, derivatives = _objective(model)
+
+    def bounds(mu_lo, mu_hi, mu_free):
         lo = jnp.concatenate([p_lo, mu_lo[None]])
         hi = jnp.concatenate([p_hi, mu_hi[None]])
         fixed = jnp.concatenate([p_fixed, ~mu_free[None]])
-        args = (signal[unperm], main[unperm], aux)
+        return lo, hi, fixed
+
+    def start(x0, signal, main, aux, mu_lo, mu_hi, mu_free):
+        lo, hi, _ = bounds(mu_lo, mu_hi, mu_free)
         x0 = jnp.clip(x0, lo, hi)
-        f0 = f(x0, *args)
+        fx = f(x0, signal[unperm], main[unperm], aux)
+        return x0, fx, jnp.asarray(0), jnp.asarray(_LAM0), jnp.asarray(False), jnp.asarray(True)
 
-        def cond(state):
-            _, _, it, _, done, _ = state
-            return (it < max_iter) & ~done
-
-        def body(state):
-            x, fx, it, lam, _, far = state
-            g, h_exact, fisher = derivatives(x, *args)
-            h = jnp.where(far, fisher, h_exact)
-            held = fixed | ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
-            free = ~held
-            g_free = jnp.where(free, g, 0.0)
-            h_free = jnp.where(free[:, None] & free[None, :], h, 0.0) + jnp.diag(
-                jnp.where(free, 0.0, 1.0))
-            diag = jnp.abs(jnp.diag(h_free))
-            step = jnp.linalg.solve(h_free + jnp.diag(lam * (diag + 1e-9 * jnp.max(diag))),
-                                    g_free)
-            gs = jnp.dot(g_free, step)
-            predicted = gs - 0.5 * jnp.dot(step, h_free @ step)
-            converged = ~far & (gs >= 0) & (0.5 * gs < tol) & (lam < 1e-3)
-            x_new = jnp.clip(x - step, lo, hi)
-            f_new = f(x_new, *args)
-            gain = fx - f_new
-            accept = ~converged & jnp.isfinite(f_new) & (gain >= 0) & (gs > 0)
-            ratio = gain / jnp.where(predicted > 0, predicted, 1.0)
-            lam = jnp.where(accept & (ratio > 0.75), jnp.maximum(lam / _DOWN, 1e-12),
+    def step(state, signal, main, aux, mu_lo, mu_hi, mu_free):
+        x, fx, it, lam, done, far = state
+        lo, hi, fixed = bounds(mu_lo, mu_hi, mu_free)
+        args = (signal[unperm], main[unperm], aux)
+        g, h_exact, fisher = derivatives(x, *args)
+        h = jnp.where(far, fisher, h_exact)
+        held = fixed | ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
+        free = ~held
+        g_free = jnp.where(free, g, 0.0)
+        h_free = jnp.where(free[:, None] & free[None, :], h, 0.0) + jnp.diag(
+            jnp.where(free, 0.0, 1.0))
+        diag = jnp.abs(jnp.diag(h_free))
+        floor = jnp.full_like(diag, 1e-12 * jnp.max(diag))
+        # the damped step and the undamped Newton step in one LAPACK call: jaxlib 0.10's CPU
+        # runtime deadlocks (intermittently) on two independent solves in one executable
+        systems = jnp.stack([h_free + jnp.diag(lam * (diag + floor)), h_free + jnp.diag(floor)])
+        both = jnp.linalg.solve(systems, jnp.stack([g_free, g_free])[:, :, None])[:, :, 0]
+        step_ = both[0]
+        gs = jnp.dot(g_free, step_)
+        predicted = gs - 0.5 * jnp.dot(step_, h_free @ step_)
+        # converged: the undamped exact Newton step would gain less than tol
+        newton = jnp.dot(g_free, both[1])
+        converged = done | (~far & (newton >= 0) & (0.5 * newton < tol))
+        x_new = jnp.clip(x - step_, lo, hi)
+        f_new = f(x_new, *args)
+        gain = fx - f_new
+        accept = ~converged & jnp.isfinite(f_new) & (gain >= 0) & (gs > 0)
+        ratio = gain / jnp.where(predicted > 0, predicted, 1.0)
+        new_lam = jnp.where(accept & (ratio > 0.75), jnp.maximum(lam / _DOWN, 1e-12),
                             jnp.where(accept & (ratio > 0.25), lam / 2.0,
                                       jnp.where(accept, lam, jnp.minimum(lam * _UP, 1e12))))
-            x = jnp.where(accept, x_new, x)
-            fx = jnp.where(accept, f_new, fx)
-            # Fisher scoring (positive definite) while far from the minimum, exact after
-            still_far = far & accept & (gain > _SWITCH)
-            lam = jnp.where(far & ~still_far, _LAM0, lam)
-            return x, fx, it + 1, lam, converged, still_far
+        x = jnp.where(accept, x_new, x)
+        fx = jnp.where(accept, f_new, fx)
+        # Fisher scoring (positive definite) while far from the minimum, exact after
+        still_far = far & accept & (gain > _SWITCH)
+        new_lam = jnp.where(far & ~still_far, _LAM0, new_lam)
+        lam = jnp.where(done, lam, new_lam)
+        it = jnp.where(done, it, it + 1)
+        return x, fx, it, lam, converged, still_far & ~done
 
-        state = (x0, f0, jnp.asarray(0), jnp.asarray(_LAM0), jnp.asarray(False),
-                 jnp.asarray(True))
-        x, fx, it, _, done, _ = lax.while_loop(cond, body, state)
-        return x, fx, done, it
-
-    return jax.jit(jax.vmap(one))
+    return jax.jit(jax.vmap(start)), jax.jit(jax.vmap(step))

@@ -1,0 +1,150 @@
+"""Training a yield-parametrised surrogate on exact labels (JAX + optax, float64)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from surrogate_stats._optional import optional_import
+from surrogate_stats.errors import InvalidInput
+from surrogate_stats.likelihood._yields_labels import DATASETS, YieldLabels
+from surrogate_stats.likelihood._yields_surrogate import (
+    YieldBaseline,
+    YieldLikelihoodSurrogate,
+    YieldNetwork,
+)
+from surrogate_stats.train import TrainConfig, fit, split_indices
+
+__all__ = ["YieldSurrogateConfig", "fit_yield_surrogate"]
+
+
+@dataclass(frozen=True)
+class YieldSurrogateConfig:
+    """Network and training settings of a yield surrogate.
+
+    Attributes:
+        hidden: widths of the tanh hidden layers.
+        val_fraction: labelled points held out for early stopping and the reported errors.
+        tmu_core: points with observed -2 ln lambda above this weigh less (~(core/tmu)^2).
+        train: the optimiser settings (:class:`surrogate_stats.train.TrainConfig`).
+    """
+
+    hidden: tuple = (64, 64, 64)
+    val_fraction: float = 0.15
+    tmu_core: float = 16.0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        learning_rate=3e-3, steps=12000, chunk=250, patience=12, polish_steps=300))
+
+    def __post_init__(self):
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise InvalidInput(f"hidden must be a non-empty tuple of widths; got {self.hidden}")
+        if not 0 < self.val_fraction < 0.5:
+            raise InvalidInput(f"val_fraction must be in (0, 0.5); got {self.val_fraction}")
+
+
+def _init(key, sizes):
+    jax = optional_import("jax")
+    jnp = jax.numpy
+    layers = []
+    for k, (n_in, n_out) in zip(jax.random.split(key, len(sizes) - 1),
+                                zip(sizes[:-1], sizes[1:])):
+        w = jax.random.normal(k, (n_in, n_out), dtype=jnp.float64) * jnp.sqrt(1.0 / n_in)
+        layers.append((w, jnp.zeros(n_out, dtype=jnp.float64)))
+    layers[-1] = (jnp.zeros_like(layers[-1][0]), layers[-1][1])  # start at the baseline
+    return layers
+
+
+def _apply(layers, z):
+    jnp = optional_import("jax.numpy")
+    h = z
+    for w, b in layers[:-1]:
+        h = jnp.tanh(h @ w + b)
+    w, b = layers[-1]
+    return h @ w + b
+
+
+def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfig | None = None,
+                        progress: bool = True, bins=None, prefit=None
+                        ) -> tuple[YieldLikelihoodSurrogate, dict]:
+    """Fit the residual network to the labels; returns the surrogate and held-out errors.
+
+    Args:
+        key: a JAX random key.
+        labels: from :func:`generate_yield_labels`.
+        config: :class:`YieldSurrogateConfig`.
+        bins: bin names (default ``bin-<i>``); prefit: background at nominal parameters.
+    """
+    jax = optional_import("jax")
+    config = config or YieldSurrogateConfig()
+    use = labels.usable
+    y = labels.y[use]
+    if len(y) < 50:
+        raise InvalidInput(f"only {len(y)} usable labelled points: too few to train on")
+    baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
+    g = labels.nll[use] - labels.nll0[None, :]
+    resid = g - baseline(y)
+    scale = labels.scale
+    u = y / scale
+    feats = np.concatenate([u, np.log1p(u)], axis=1)
+    mean, std = feats.mean(0), np.maximum(feats.std(0), 1e-6)
+    z = (feats - mean) / std
+    z0 = (np.concatenate([np.zeros(len(scale)), np.zeros(len(scale))]) - mean) / std
+    out_scale = np.maximum(resid.std(0), 1e-3)
+    target = resid / out_scale
+    tmu = np.nan_to_num(labels.tmu_observed[use], nan=config.tmu_core)
+    core = config.tmu_core
+    w = np.where(tmu <= core, 1.0, (core / np.maximum(tmu, 1e-12)) ** 2)
+    w = w[:, None] * (out_scale[None, :] ** 2)  # the loss is in units of -ln L
+    w = w / w.mean()
+    k_split, k_init, k_fit = jax.random.split(key, 3)
+    tr, va = split_indices(k_split, len(y), config.val_fraction)
+    sizes = [z.shape[1]] + [int(h) for h in config.hidden] + [len(DATASETS)]
+    with jax.enable_x64(True):
+        jnp = jax.numpy
+        z0j = jnp.asarray(z0)[None, :]
+
+        def loss_fn(layers, batch):
+            zz, tt, ww = batch
+            pred = _apply(layers, zz) - _apply(layers, z0j)
+            return jnp.mean(ww * (pred - tt) ** 2)
+
+        def part(idx):
+            return jnp.asarray(z[idx]), jnp.asarray(target[idx]), jnp.asarray(w[idx])
+
+        layers = _init(k_init, sizes)
+        layers, history = fit(k_fit, layers, loss_fn, part(tr), part(va), config=config.train,
+                              progress=progress, desc="training (yields)")
+        layers = tuple((np.asarray(a), np.asarray(b)) for a, b in layers)
+    net = YieldNetwork(layers=layers, scale=np.asarray(scale, float), mean=mean, std=std,
+                       out_scale=out_scale)
+    n_bins = len(scale)
+    bins = tuple(bins) if bins is not None else tuple(f"bin-{i}" for i in range(n_bins))
+    prefit = np.asarray(prefit if prefit is not None else labels.datasets["apriori"][0])
+    y_max = labels.y[use].max(axis=0)
+    surrogate = YieldLikelihoodSurrogate(
+        bins=bins, network=net, baseline=baseline, nll0=labels.nll0, y_max=y_max,
+        prefit=prefit)
+    pred = surrogate.delta_nll(y)
+    err = np.abs(pred - g)
+    held = va
+    metrics = {
+        "history": history.as_dict(), "n_train": int(tr.size), "n_val": int(va.size),
+        "config": _jsonable(asdict(config)),
+        "heldout": {
+            d: {"rms_dnll": float(np.sqrt(np.mean(err[held, i] ** 2))),
+                "max_dnll_core": float(np.max(err[held][tmu[held] <= 9.0, i]))
+                if np.any(tmu[held] <= 9.0) else None}
+            for i, d in enumerate(DATASETS)},
+        "baseline_rms_dnll": {d: float(np.sqrt(np.mean(resid[held, i] ** 2)))
+                              for i, d in enumerate(DATASETS)},
+    }
+    return surrogate, metrics
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
