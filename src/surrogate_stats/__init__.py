@@ -45,7 +45,8 @@ __all__ = [
 def load_surrogate(path, *, on_extrapolation: str = "warn", threads=None):
     """Load a published surrogate artifact (numpy + onnxruntime only).
 
-    See :func:`surrogate_stats.artifact.load_surrogate`.
+    ``path`` is an artifact directory, or an OLLL v0.1 ``.onnx`` file (the format SModelS
+    reads; ``docs/olll.md``). See :func:`surrogate_stats.artifact.load_surrogate`.
     """
     from surrogate_stats.artifact._load import load_surrogate as _load
 

@@ -29,8 +29,14 @@ def load_surrogate(path: str | Path, *, on_extrapolation: str = "warn",
     and outputs are checked against the metadata, and the stored self-check pairs are
     re-evaluated (with the ONNX graph and the fast numpy path) before the object is returned.
 
+    A *file* whose name ends in ``.onnx`` is read as an Open Library of Learned Likelihoods
+    (OLLL v0.1) file, the format SModelS reads (:func:`surrogate_stats.likelihood._olll.load_olll`,
+    ``docs/olll.md``): the result has the API of every yield-parametrised surrogate (``bins``,
+    ``nll``, ``tmu``, ``upper_limit``). Directories are this project's artifacts.
+
     Args:
-        path: the artifact directory (with ``metadata.json`` and ``model.onnx``).
+        path: the artifact directory (with ``metadata.json`` and ``model.onnx``), or an OLLL
+            ``.onnx`` file.
         on_extrapolation: ``"warn"`` (default), ``"raise"`` or ``"ignore"`` for inputs outside
             the trained domain.
         threads: onnxruntime intra-op threads per session (None: 1, so that many threads or
@@ -51,6 +57,8 @@ def load_surrogate(path: str | Path, *, on_extrapolation: str = "warn",
         raise InvalidInput(f"on_extrapolation must be 'warn', 'raise' or 'ignore'; got "
                            f"{on_extrapolation!r}")
     _check_threads(threads)
+    if Path(path).suffix.lower() == ".onnx" and not Path(path).is_dir():
+        return _load_olll(path, on_extrapolation=on_extrapolation, threads=threads)
     meta, graphs, arrays = read_artifact(path)
     kind = meta["kind"]
     if kind not in LOADERS:
@@ -68,3 +76,15 @@ def load_surrogate(path: str | Path, *, on_extrapolation: str = "warn",
         raise InvalidArtifact(f"{str(path)!r}: the {kind!r} loader could not use this "
                               f"artifact's metadata or arrays: {type(exc).__name__}: "
                               f"{str(exc)[:200]}") from exc
+
+
+def _load_olll(path, *, on_extrapolation: str, threads: int | None):
+    from surrogate_stats.likelihood._olll import load_olll
+
+    try:
+        return load_olll(path, on_extrapolation=on_extrapolation, threads=threads)
+    except SurrogateStatsError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise InvalidArtifact(f"{str(path)!r}: the OLLL loader could not use this file: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from exc

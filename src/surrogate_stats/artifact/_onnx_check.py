@@ -28,7 +28,7 @@ import posixpath
 
 from surrogate_stats.errors import InvalidArtifact
 
-__all__ = ["ALLOWED_DOMAINS", "MAX_GRAPH_DEPTH", "check_onnx_bytes"]
+__all__ = ["ALLOWED_DOMAINS", "MAX_GRAPH_DEPTH", "check_onnx_bytes", "read_metadata_props"]
 
 ALLOWED_DOMAINS = ("", "ai.onnx")
 MAX_GRAPH_DEPTH = 8  # sub-graphs (If/Loop/Scan bodies) nested inside the main graph
@@ -256,3 +256,32 @@ def check_onnx_bytes(blob: bytes, *, file: str = "model.onnx") -> None:
         checker.model(memoryview(bytes(blob)))
     except _Malformed as exc:
         raise InvalidArtifact(f"{file}: not a well-formed ONNX protobuf: {exc}") from None
+
+
+def read_metadata_props(blob: bytes, *, file: str = "model.onnx") -> list[tuple[str, str]]:
+    """``ModelProto.metadata_props`` as ``(key, value)`` pairs, in file order, duplicates kept.
+
+    Reads the wire format directly (no ``onnx`` package). An entry without a key or a value
+    reads as ``""`` for it (protobuf's default), as ``onnx`` would give it.
+
+    Raises:
+        InvalidArtifact: the protobuf is malformed or a key/value is not UTF-8 text.
+    """
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise InvalidArtifact(f"{file}: expected the serialised ONNX model as bytes; got "
+                              f"{type(blob).__name__}")
+    out = []
+    try:
+        for number, wire, value in _fields(memoryview(bytes(blob))):
+            if number != _MODEL_METADATA_PROPS:
+                continue
+            key = val = ""
+            for n2, w2, v2 in _fields(_message(value, wire, "metadata_props")):
+                if n2 == _ENTRY_KEY:
+                    key = _string(v2, w2, "metadata_props.key")
+                elif n2 == _ENTRY_VALUE:
+                    val = _string(v2, w2, f"metadata_props[{key!r}].value")
+            out.append((key, val))
+    except _Malformed as exc:
+        raise InvalidArtifact(f"{file}: not a well-formed ONNX protobuf: {exc}") from None
+    return out

@@ -23,7 +23,7 @@ from surrogate_stats._optional import optional_import
 from surrogate_stats.artifact._onnx_check import check_onnx_bytes
 from surrogate_stats.errors import InvalidArtifact, InvalidInput
 
-__all__ = ["make_session", "DEFAULT_THREADS"]
+__all__ = ["make_session", "new_session", "DEFAULT_THREADS"]
 
 DEFAULT_THREADS = 1
 _DTYPES = {"float64": "tensor(double)", "float32": "tensor(float)"}
@@ -93,22 +93,7 @@ def make_session(blob: bytes, spec: dict, *, threads: int | None = None):
                               "file, sha256, inputs and outputs")
     file = spec.get("file") if isinstance(spec.get("file"), str) else "model.onnx"
     wanted = {kind: _io_spec(spec, kind, file) for kind in ("inputs", "outputs")}
-    check_onnx_bytes(blob, file=file)
-    ort = optional_import("onnxruntime")
-    options = ort.SessionOptions()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = n_threads
-    if n_threads != 1:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.load_model_format", "ONNX")
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(bytes(blob), options,
-                                       providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise InvalidArtifact(f"{file} could not be loaded by onnxruntime: "
-                              f"{(str(exc).splitlines() or [''])[0][:300]}") from None
+    session = new_session(blob, threads=n_threads, file=file)
     for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         got = [(a.name, a.type, a.shape) for a in actual]
         want = wanted[kind]
@@ -122,3 +107,33 @@ def make_session(blob: bytes, spec: dict, *, threads: int | None = None):
                 f"graphs[{file}].{kind} {[(n, _DTYPES[d], s) for n, d, s in want]} (name, "
                 "type, shape; a string in the metadata is a dynamic dimension)")
     return session
+
+
+def new_session(blob: bytes, *, threads: int | None = None, file: str = "model.onnx"):
+    """An onnxruntime CPU session for ``blob`` with this module's options, no I/O checks.
+
+    ``blob`` goes through :func:`check_onnx_bytes` first. Callers check the graph's inputs and
+    outputs themselves (:func:`make_session` against metadata.json; the OLLL loader against
+    the OLLL contract).
+
+    Raises:
+        InvalidArtifact: the graph is refused by :func:`check_onnx_bytes` or onnxruntime
+            cannot load it; the message names ``file``.
+        InvalidInput: ``threads`` is not a valid thread count.
+    """
+    n_threads = _check_threads(threads)
+    check_onnx_bytes(blob, file=file)
+    ort = optional_import("onnxruntime")
+    options = ort.SessionOptions()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = n_threads
+    if n_threads != 1:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.load_model_format", "ONNX")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(bytes(blob), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise InvalidArtifact(f"{file} could not be loaded by onnxruntime: "
+                              f"{(str(exc).splitlines() or [''])[0][:300]}") from None

@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "surrogate_stats.cli._unfold",
     "surrogate_stats.cli._me",
     "surrogate_stats.cli._flow",
+    "surrogate_stats.cli._export",
 )
 
 

@@ -16,6 +16,8 @@ __all__ = [
     "save_surrogate",
     "train",
     "validate",
+    "export_olll",
+    "load_olll",
 ]
 
 _LAZY = {
@@ -27,6 +29,8 @@ _LAZY = {
     "save_surrogate": "surrogate_stats.likelihood._export",
     "train": "surrogate_stats.likelihood._pipeline",
     "validate": "surrogate_stats.likelihood._pipeline",
+    "export_olll": "surrogate_stats.likelihood._olll",
+    "load_olll": "surrogate_stats.likelihood._olll",
 }
 
 
