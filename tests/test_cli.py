@@ -36,7 +36,7 @@ def test_validate_agrees_with_pyhf(trained_3l, tmp_path):
     plot = tmp_path / "v.png"
     res = run("likelihood", "validate", trained_3l[0], "--workspace", THREE_L["background"],
               "--patchset", THREE_L["patchset"], "--patch", THREE_L["patch"],
-              "--n-points", 10, "--plot", plot, "--quiet")
+              "--n-points", 6, "--plot", plot, "--quiet")
     m = json.loads(res.stdout.strip().splitlines()[-1])
     assert m["max_abs_dtmu_obs"] <= TMU_TOL and m["max_abs_dtmu_exp"] <= TMU_TOL
     assert abs(m["ul_obs"] / m["ul_obs_pyhf"] - 1) <= UL_RTOL

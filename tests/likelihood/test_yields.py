@@ -143,7 +143,7 @@ def test_artifact_loads_with_onnx_parity_and_validation(tiny_artifact):
     v = meta["validation"]["summary"]
     assert v["n_signals"] == 2 and v["n_errors"] == 0 and v["signals_converged"] == 2
     # even this small network is close to the exact fits on the analysis's own signals
-    assert v["max_abs_dtmu_observed"] < 0.5
+    assert v["max_abs_dtmu_observed"] < 1.0 and v["max_abs_dtmu_expected"] < 1.0
     assert v["max_ul_observed_rel"] < 0.05
 
 

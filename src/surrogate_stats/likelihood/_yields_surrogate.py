@@ -63,6 +63,13 @@ class YieldBaseline:
         return pois + y @ self.lin.T + quad
 
     @classmethod
+    def zero(cls, n_datasets: int, n_bins: int) -> YieldBaseline:
+        """The baseline that is identically zero."""
+        z = np.zeros((n_datasets, n_bins))
+        return cls(c=z, n=z.copy(), b=np.ones_like(z), lin=z.copy(),
+                   quad=np.zeros((n_datasets, n_bins, n_bins)))
+
+    @classmethod
     def effective_poisson(cls, gradient, information) -> YieldBaseline:
         """Matched to the exact gradient (4, B) and profiled Hessian (4, B, B) at y = 0.
 

@@ -26,19 +26,26 @@ class YieldSurrogateConfig:
     Attributes:
         hidden: widths of the tanh hidden layers.
         val_fraction: labelled points held out for early stopping and the reported errors.
-        tmu_core: points with observed -2 ln lambda above this weigh less (~(core/tmu)^2).
+        tmu_core: points whose -2 ln lambda (per data set) is above this weigh less
+            (~(core/tmu)^2).
+        baseline: ``"effective_poisson"`` (:meth:`YieldBaseline.effective_poisson`) or
+            ``"none"`` (the network learns the whole -ln L difference).
         train: the optimiser settings (:class:`surrogate_stats.train.TrainConfig`).
     """
 
     hidden: tuple = (64, 64, 64)
     val_fraction: float = 0.15
-    tmu_core: float = 16.0
+    tmu_core: float = 9.0
+    baseline: str = "none"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         learning_rate=3e-3, steps=12000, chunk=250, patience=12, polish_steps=300))
 
     def __post_init__(self):
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise InvalidInput(f"hidden must be a non-empty tuple of widths; got {self.hidden}")
+        if self.baseline not in ("effective_poisson", "none"):
+            raise InvalidInput(f"baseline must be 'effective_poisson' or 'none'; got "
+                               f"{self.baseline!r}")
         if not 0 < self.val_fraction < 0.5:
             raise InvalidInput(f"val_fraction must be in (0, 0.5); got {self.val_fraction}")
 
@@ -82,6 +89,8 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     if len(y) < 50:
         raise InvalidInput(f"only {len(y)} usable labelled points: too few to train on")
     baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
+    if config.baseline == "none":
+        baseline = YieldBaseline.zero(*baseline.quad.shape[:2])
     g = labels.nll[use] - labels.nll0[None, :]
     resid = g - baseline(y)
     scale = labels.scale
@@ -93,9 +102,10 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     out_scale = np.maximum(resid.std(0), 1e-3)
     target = resid / out_scale
     tmu = np.nan_to_num(labels.tmu_observed[use], nan=config.tmu_core)
+    t_d = _tmu_per_dataset(tmu, g)
     core = config.tmu_core
-    w = np.where(tmu <= core, 1.0, (core / np.maximum(tmu, 1e-12)) ** 2)
-    w = w[:, None] * (out_scale[None, :] ** 2)  # the loss is in units of -ln L
+    w = np.where(t_d <= core, 1.0, (core / np.maximum(t_d, 1e-12)) ** 2)
+    w = w * (out_scale[None, :] ** 2)  # the loss is in units of -ln L
     w = w / w.mean()
     k_split, k_init, k_fit = jax.random.split(key, 3)
     tr, va = split_indices(k_split, len(y), config.val_fraction)
@@ -140,6 +150,18 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
                               for i, d in enumerate(DATASETS)},
     }
     return surrogate, metrics
+
+
+def _tmu_per_dataset(tmu_observed: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """-2 ln lambda(mu = 1) of each point's own signal, per data set (N, 4).
+
+    Observed data: the labelled value. The a-priori data and both Asimov data sets are
+    background-like, so their best fit along any signal ray is at mu = 0 and -2 ln lambda is
+    ``2 (nll(y) - nll(0))``.
+    """
+    out = 2.0 * np.maximum(g, 0.0)
+    out[:, DATASETS.index("observed")] = tmu_observed
+    return out
 
 
 def _jsonable(obj):

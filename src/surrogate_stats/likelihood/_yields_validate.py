@@ -33,7 +33,7 @@ class ExactReference:
 
     signals: np.ndarray  # (N, B)
     mu: np.ndarray  # (N, G) grid
-    tmu_observed: np.ndarray  # (N, G)
+    tmu_observed: np.ndarray  # (N, G) -2 ln lambda(mu), also below mu_hat (not q_mu)
     tmu_expected: np.ndarray  # (N, G)  (pyhf's Asimov data)
     mu_hat: np.ndarray  # (N,)
     upper_limit: np.ndarray  # (N,) observed
@@ -134,8 +134,8 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
                       init=theta[rows, k, 0], mu_init=grid[rows, k])
     nll_hat = np.minimum(free.nll, nll[rows, k, 0])
     mu_hat = np.where(free.nll <= nll[rows, k, 0], free.mu, grid[rows, k])
-    t_obs = np.maximum(2 * (nll[..., 0] - nll_hat[:, None]), 0.0)
-    t_obs = np.where(grid >= mu_hat[:, None], t_obs, 0.0)
+    t_two = np.maximum(2 * (nll[..., 0] - nll_hat[:, None]), 0.0)  # -2 ln lambda(mu)
+    t_obs = np.where(grid >= mu_hat[:, None], t_two, 0.0)  # qtilde's q_mu, for CLs
     t_exp = np.maximum(2 * (nll[..., 1] - nll_zero[1]), 0.0)
 
     def q_at(mu_vals, j_near):
@@ -174,7 +174,7 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
             if np.all(np.abs(b - a) <= 1e-6 * np.abs(b)):
                 break
         limits[:, col] = np.where(has, b, np.nan)
-    return ExactReference(signals=signals, mu=grid, tmu_observed=t_obs, tmu_expected=t_exp,
+    return ExactReference(signals=signals, mu=grid, tmu_observed=t_two, tmu_expected=t_exp,
                           mu_hat=mu_hat, upper_limit=limits[:, 0],
                           expected_limits=limits[:, 1:], converged=ok)
 
