@@ -50,9 +50,9 @@ def _analyses():
                    patchset=SHARED / "ATLAS-SUSY-2018-06_3L-eRJR_1912.08479" / "patchset.json",
                    patches=[], seen=True),
         "sbottomA": dict(bkg=sb / "RegionA" / "BkgOnly.json", patchset=None,
-                         patches=sorted((sb / "RegionA").glob("patch*.json")), seen=True),
+                         patches=sorted((sb / "RegionA").glob("patch.*.json")), seen=True),
         "sbottomC": dict(bkg=sb / "RegionC" / "BkgOnly.json", patchset=None,
-                         patches=sorted((sb / "RegionC").glob("patch*.json")), seen=False),
+                         patches=sorted((sb / "RegionC").glob("patch.*.json")), seen=False),
         "displaced": dict(bkg=SHARED / "ATLAS-SUSY-2018-14_displaced-leptons_2011.07812_bkgonly"
                           / "Comb_bkgonly.json", patchset=None, patches="injected", seen=False),
     }
@@ -95,7 +95,7 @@ def bench_engine(name, n_pyhf, n_engine=512):
     ps = folder / "patchset.json"
     names, ops, remove = analysis_signals(
         spec, patchset=ps if ps.exists() else None,
-        patches=sorted(folder.glob("patch*.json")))
+        patches=sorted(folder.glob("patch.*.json")))
     model = build_model(spec, remove_channels=remove)
     sig = np.stack([signal_from_patch(o, spec, model.bins) for o in ops])
     rng = np.random.default_rng(0)
@@ -139,9 +139,19 @@ def _limits_pair(spec, ops, remove):
 
     model = build_model(spec, remove_channels=remove, check=False)
     s = signal_from_patch(ops, spec, model.bins)
-    full = pyhf_upper_limit(jsonpatch.apply_patch(spec, ops))
-    norm = pyhf_upper_limit(inject_signal(spec, s, remove=remove))
+    # the same POI bounds for both, from 0 (pyhf's qtilde) to above every limit
+    full = pyhf_upper_limit(_with_poi_bounds(jsonpatch.apply_patch(spec, ops)))
+    norm = pyhf_upper_limit(_with_poi_bounds(inject_signal(spec, s, remove=remove)))
     return {"full": [full[0], full[1][2]], "normfactor": [norm[0], norm[1][2]]}
+
+
+def _with_poi_bounds(spec, bounds=(0.0, 100.0)):
+    for meas in spec["measurements"]:
+        poi = meas["config"]["poi"]
+        params = [p for p in meas["config"].get("parameters", []) if p["name"] != poi]
+        params.append({"name": poi, "bounds": [list(bounds)], "inits": [1.0]})
+        meas["config"]["parameters"] = params
+    return spec
 
 
 def bench_normfactor(name, info, n_max):

@@ -66,6 +66,7 @@ import numpy as np
 
 from surrogate_stats._optional import optional_import
 from surrogate_stats.artifact._format import _fsync_dir, _host, _pid_alive
+from surrogate_stats.artifact._format import write_file_atomic as _write_atomic
 from surrogate_stats.errors import (
     InvalidInput,
     MissingChunk,
@@ -274,21 +275,6 @@ def _check_id(chunk_id: Any) -> str:
         raise InvalidInput(f"chunk ids must be 1-128 letters, digits, '_', '.', '-' starting "
                            f"with a letter or digit (they name files); got {chunk_id!r}")
     return chunk_id
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary sibling and a rename."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class ChunkStore:

@@ -94,6 +94,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary sibling and a rename."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 # -- writing ------------------------------------------------------------------------------------
 def _npz_bytes(named: dict[str, np.ndarray], role: str) -> bytes:
     """A .npz (uncompressed zip of .npy) with sorted members and fixed timestamps."""

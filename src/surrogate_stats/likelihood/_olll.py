@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import warnings
 from collections import Counter
@@ -303,7 +302,9 @@ def export_olll(surrogate: YieldLikelihoodSurrogate, path, *, workspace=None,
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value, allow_nan=False)
     data = model.SerializeToString()
-    _write_atomic(path, data)
+    from surrogate_stats.artifact._format import write_file_atomic
+
+    write_file_atomic(path, data)
     if placeholders:
         warnings.warn(f"OLLL fields with placeholders (pass them to fill them in): "
                       f"{', '.join(placeholders)}", UserWarning, stacklevel=2)
@@ -408,28 +409,6 @@ def _self_check_points(y_max: np.ndarray) -> np.ndarray:
     tilt = (np.arange(y_max.size)[None, :] % 3 + 1) / 3.0
     return fr * tilt * y_max[None, :]
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- what the surrogate does not carry: from the workspace ----------------------------------
