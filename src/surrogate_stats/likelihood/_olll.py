@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surrogate_stats.artifact._format import write_file_atomic
 from surrogate_stats.errors import InvalidArtifact, InvalidInput
 from surrogate_stats.likelihood._yields_surrogate import (
     CHUNK,
@@ -302,8 +303,6 @@ def export_olll(surrogate: YieldLikelihoodSurrogate, path, *, workspace=None,
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value, allow_nan=False)
     data = model.SerializeToString()
-    from surrogate_stats.artifact._format import write_file_atomic
-
     write_file_atomic(path, data)
     if placeholders:
         warnings.warn(f"OLLL fields with placeholders (pass them to fill them in): "

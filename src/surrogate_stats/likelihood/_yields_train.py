@@ -88,9 +88,10 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     y = labels.y[use]
     if len(y) < 50:
         raise InvalidInput(f"only {len(y)} usable labelled points: too few to train on")
-    baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
     if config.baseline == "none":
-        baseline = YieldBaseline.zero(*baseline.quad.shape[:2])
+        baseline = YieldBaseline.zero(*np.shape(labels.gradient0))
+    else:
+        baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
     g = labels.nll[use] - labels.nll0[None, :]
     resid = g - baseline(y)
     scale = labels.scale
