@@ -32,6 +32,8 @@ def main(argv=None):
                     help="held-out events per sample (the Wasserstein floor falls as 1/sqrt)")
     ap.add_argument("--n-correct", type=int, default=1_000_000, help="events for the timing")
     ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early-stopping patience in epochs (default: FlowTrainConfig's)")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
@@ -53,7 +55,8 @@ def main(argv=None):
     tm, tcm = photon_toy(args.n_test, sample="mc", seed=2)
     td, tcd = photon_toy(args.n_test, sample="data", seed=2)
     config = CorrectionConfig(n_layers=args.layers, train=FlowTrainConfig(
-        max_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate))
+        max_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        **({} if args.patience is None else {"patience": args.patience})))
     t0 = time.perf_counter()
     cf = CorrectionFlow.fit(jax.random.key(0), mc=xm, data=xd, mc_conditions=cm,
                             data_conditions=cd, variables=VARIABLES, conditions=CONDITIONS,

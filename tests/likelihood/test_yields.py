@@ -90,6 +90,32 @@ def test_labels_are_exact_fits(tiny_labels, sbottom_model):
     assert np.all(labels.tmu_observed[labels.usable & np.isfinite(labels.tmu_observed)] >= 0)
 
 
+def test_ray_minima_are_observed_best_fits(tiny_labels, sbottom_model):
+    """The extra training points at each ray's best fit carry that fit's exact -ln L."""
+    from surrogate_stats.likelihood._vfit import VectorFitter
+    from surrogate_stats.likelihood._yields_labels import DATASETS
+    from surrogate_stats.likelihood._yields_train import _ray_minima
+
+    labels, _ = tiny_labels
+    y_hat, g_hat = _ray_minima(labels)
+    assert len(y_hat) and y_hat.shape[1] == sbottom_model.n_bins
+    assert np.all(y_hat >= 0) and np.all(y_hat <= labels.y.max(axis=0) + 1e-9)
+    main, aux = labels.datasets["observed"]
+    nll = labels.nll0[DATASETS.index("observed")] + g_hat
+    res = VectorFitter(sbottom_model, chunk=8).fit(y_hat[:6], main, aux, mu=np.ones(len(y_hat[:6])))
+    np.testing.assert_allclose(nll[:6], res.nll, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"baseline": "poisson"}, {"hidden": ()}, {"hidden": (8, 0)},
+                                 {"val_fraction": 0.7}])
+def test_bad_yield_surrogate_config_is_refused(bad):
+    from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig
+
+    field = next(iter(bad))
+    with pytest.raises(InvalidInput, match=field):
+        YieldSurrogateConfig(**bad)
+
+
 def test_rerun_resumes_from_the_store(tiny_labels, sbottom_spec, sbottom_model):
     from surrogate_stats._executor import ExecutorConfig
     from surrogate_stats.likelihood._yields_labels import YieldLabelConfig, generate_yield_labels

@@ -30,6 +30,9 @@ class YieldSurrogateConfig:
             (~(core/tmu)^2).
         baseline: ``"effective_poisson"`` (:meth:`YieldBaseline.effective_poisson`) or
             ``"none"`` (the network learns the whole -ln L difference).
+        ray_minima: also fit each ray's best fit on the observed data (its yields and
+            -ln L(mu_hat), observed output only). Where the data have an excess, these points
+            mark the bottom of the observed valley that -2 ln lambda is measured from.
         train: the optimiser settings (:class:`surrogate_stats.train.TrainConfig`).
     """
 
@@ -37,6 +40,7 @@ class YieldSurrogateConfig:
     val_fraction: float = 0.15
     tmu_core: float = 9.0
     baseline: str = "none"
+    ray_minima: bool = True
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         learning_rate=3e-3, steps=12000, chunk=250, patience=12, polish_steps=300))
 
@@ -93,6 +97,21 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     else:
         baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
     g = labels.nll[use] - labels.nll0[None, :]
+    tmu = np.nan_to_num(labels.tmu_observed[use], nan=config.tmu_core)
+    t_d = _tmu_per_dataset(tmu, g)
+    mask = np.ones_like(g)
+    n_points = len(y)
+    if config.ray_minima:
+        y_hat, g_hat = _ray_minima(labels)
+        if len(y_hat):
+            y = np.concatenate([y, y_hat])
+            g = np.concatenate([g, np.zeros((len(y_hat), g.shape[1]))])
+            g[n_points:, DATASETS.index("observed")] = g_hat
+            m_hat = np.zeros((len(y_hat), g.shape[1]))
+            m_hat[:, DATASETS.index("observed")] = 1.0
+            mask = np.concatenate([mask, m_hat])
+            t_d = np.concatenate([t_d, np.zeros_like(m_hat)])
+            tmu = np.concatenate([tmu, np.zeros(len(y_hat))])
     resid = g - baseline(y)
     scale = labels.scale
     u = y / scale
@@ -100,12 +119,10 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     mean, std = feats.mean(0), np.maximum(feats.std(0), 1e-6)
     z = (feats - mean) / std
     z0 = (np.concatenate([np.zeros(len(scale)), np.zeros(len(scale))]) - mean) / std
-    out_scale = np.maximum(resid.std(0), 1e-3)
+    out_scale = np.maximum(resid[:n_points].std(0), 1e-3)
     target = resid / out_scale
-    tmu = np.nan_to_num(labels.tmu_observed[use], nan=config.tmu_core)
-    t_d = _tmu_per_dataset(tmu, g)
     core = config.tmu_core
-    w = np.where(t_d <= core, 1.0, (core / np.maximum(t_d, 1e-12)) ** 2)
+    w = mask * np.where(t_d <= core, 1.0, (core / np.maximum(t_d, 1e-12)) ** 2)
     w = w * (out_scale[None, :] ** 2)  # the loss is in units of -ln L
     w = w / w.mean()
     k_split, k_init, k_fit = jax.random.split(key, 3)
@@ -132,13 +149,14 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     n_bins = len(scale)
     bins = tuple(bins) if bins is not None else tuple(f"bin-{i}" for i in range(n_bins))
     prefit = np.asarray(prefit if prefit is not None else labels.datasets["apriori"][0])
-    y_max = labels.y[use].max(axis=0)
+    y_max = y.max(axis=0)
     surrogate = YieldLikelihoodSurrogate(
         bins=bins, network=net, baseline=baseline, nll0=labels.nll0, y_max=y_max,
         prefit=prefit)
     pred = surrogate.delta_nll(y)
     err = np.abs(pred - g)
-    held = va
+    held = np.asarray(va)
+    held = held[held < n_points]  # the ray minima only carry the observed -ln L
     metrics = {
         "history": history.as_dict(), "n_train": int(tr.size), "n_val": int(va.size),
         "config": _jsonable(asdict(config)),
@@ -151,6 +169,31 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
                               for i, d in enumerate(DATASETS)},
     }
     return surrogate, metrics
+
+
+def _ray_minima(labels: YieldLabels) -> tuple[np.ndarray, np.ndarray]:
+    """Each ray's best fit on the observed data where it lies inside the ray: (y, -ln L - nll0).
+
+    Rays whose best fit is at mu = 0 (no valley) or at their far end are left out, and so is
+    any best fit above the ray's own lowest labelled point (a fit that did not find it).
+    """
+    shapes, mu_hat, nll_hat = labels.ray_shapes, labels.ray_mu_hat, labels.ray_nll_hat
+    if shapes is None or not len(shapes):
+        return np.zeros((0, labels.y.shape[1])), np.zeros(0)
+    d = DATASETS.index("observed")
+    ok = np.isfinite(nll_hat) & np.isfinite(mu_hat) & (mu_hat > 0)
+    y_max = labels.y.max(axis=0)
+    y_hat = shapes * np.where(ok, mu_hat, 0.0)[:, None]
+    ok &= np.all(y_hat <= y_max[None, :], axis=1)
+    # the rays' own labelled minima: ray points come first, n_mu per ray in ray order
+    src = np.flatnonzero(labels.source == 0)
+    if len(src) and len(src) % len(shapes) == 0:
+        ray = np.arange(len(src)) // (len(src) // len(shapes))
+        conv = labels.converged[src, d]
+        best = np.full(len(shapes), np.inf)
+        np.minimum.at(best, ray[conv], labels.nll[src[conv], d])
+        ok &= nll_hat <= best + 1e-9
+    return y_hat[ok], nll_hat[ok] - labels.nll0[d]
 
 
 def _tmu_per_dataset(tmu_observed: np.ndarray, g: np.ndarray) -> np.ndarray:
