@@ -126,7 +126,9 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     w = w * (out_scale[None, :] ** 2)  # the loss is in units of -ln L
     w = w / w.mean()
     k_split, k_init, k_fit = jax.random.split(key, 3)
-    tr, va = split_indices(k_split, len(y), config.val_fraction)
+    # the split is drawn over the labelled points alone; the ray minima only ever train
+    tr, va = split_indices(k_split, n_points, config.val_fraction)
+    tr = np.concatenate([tr, np.arange(n_points, len(y))])
     sizes = [z.shape[1]] + [int(h) for h in config.hidden] + [len(DATASETS)]
     with jax.enable_x64(True):
         jnp = jax.numpy
@@ -155,8 +157,7 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
         prefit=prefit)
     pred = surrogate.delta_nll(y)
     err = np.abs(pred - g)
-    held = np.asarray(va)
-    held = held[held < n_points]  # the ray minima only carry the observed -ln L
+    held = va
     metrics = {
         "history": history.as_dict(), "n_train": int(tr.size), "n_val": int(va.size),
         "config": _jsonable(asdict(config)),
