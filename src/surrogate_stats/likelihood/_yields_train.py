@@ -40,7 +40,7 @@ class YieldSurrogateConfig:
     val_fraction: float = 0.15
     tmu_core: float = 9.0
     baseline: str = "none"
-    ray_minima: bool = True
+    ray_minima: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         learning_rate=3e-3, steps=12000, chunk=250, patience=12, polish_steps=300))
 
