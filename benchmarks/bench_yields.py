@@ -134,24 +134,15 @@ def _limits_pair(spec, ops, remove):
     import jsonpatch
 
     from surrogate_stats.likelihood._exact import pyhf_upper_limit
-    from surrogate_stats.likelihood._histfactory import build_model, inject_signal
+    from surrogate_stats.likelihood._histfactory import build_model, inject_signal, set_poi_bounds
     from surrogate_stats.likelihood._yields_validate import signal_from_patch
 
     model = build_model(spec, remove_channels=remove, check=False)
     s = signal_from_patch(ops, spec, model.bins)
     # the same POI bounds for both, from 0 (pyhf's qtilde) to above every limit
-    full = pyhf_upper_limit(_with_poi_bounds(jsonpatch.apply_patch(spec, ops)))
-    norm = pyhf_upper_limit(_with_poi_bounds(inject_signal(spec, s, remove=remove)))
+    full = pyhf_upper_limit(set_poi_bounds(jsonpatch.apply_patch(spec, ops), (0.0, 100.0)))
+    norm = pyhf_upper_limit(set_poi_bounds(inject_signal(spec, s, remove=remove), (0.0, 100.0)))
     return {"full": [full[0], full[1][2]], "normfactor": [norm[0], norm[1][2]]}
-
-
-def _with_poi_bounds(spec, bounds=(0.0, 100.0)):
-    for meas in spec["measurements"]:
-        poi = meas["config"]["poi"]
-        params = [p for p in meas["config"].get("parameters", []) if p["name"] != poi]
-        params.append({"name": poi, "bounds": [list(bounds)], "inits": [1.0]})
-        meas["config"]["parameters"] = params
-    return spec
 
 
 def bench_normfactor(name, info, n_max):

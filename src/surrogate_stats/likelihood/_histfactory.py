@@ -509,12 +509,17 @@ def inject_signal(spec: dict, signal, *, remove=(),
                               "data": signal[k:k + n].tolist(),
                               "modifiers": [{"name": poi, "type": "normfactor", "data": None}]})
         k += n
-    for meas in out["measurements"]:
-        meas["config"]["poi"] = poi
-        params = [p for p in meas["config"].get("parameters", []) if p["name"] != poi]
-        params.append({"name": poi, "bounds": [[-1e4, 1e4]], "inits": [1.0]})
+    return set_poi_bounds(out, (-1e4, 1e4), poi=poi)
+
+
+def set_poi_bounds(spec: dict, bounds, *, poi: str | None = None) -> dict:
+    """Set (in place) every measurement's POI (default: its own) with ``bounds`` and init 1."""
+    for meas in spec["measurements"]:
+        name = meas["config"]["poi"] = poi or meas["config"]["poi"]
+        params = [p for p in meas["config"].get("parameters", []) if p["name"] != name]
+        params.append({"name": name, "bounds": [list(bounds)], "inits": [1.0]})
         meas["config"]["parameters"] = params
-    return out
+    return spec
 
 
 def build_model(spec: dict, *, remove_channels=(), measurement: str | None = None,

@@ -94,6 +94,7 @@ class YieldLabels:
         nll: (N, 4) -ln L in the order of :data:`DATASETS`.
         converged: (N, 4) whether the engine's fit converged (unconverged points are not used).
         source: (N,) 0 for ray points, 1 for random-walk points.
+        ray: (N,) index of each ray point's ray (into ``ray_shapes``); -1 for walk points.
         nll0: (4,) -ln L at zero signal.
         tmu_observed: (N,) -2 ln lambda(mu = 1) of each point's own signal on the observed
             data (ray points: relative to the ray's bounded best fit).
@@ -111,6 +112,7 @@ class YieldLabels:
     nll: np.ndarray
     converged: np.ndarray
     source: np.ndarray
+    ray: np.ndarray
     nll0: np.ndarray
     tmu_observed: np.ndarray
     scale: np.ndarray
@@ -487,7 +489,9 @@ def generate_yield_labels(spec: dict, *, remove_channels=(), config: YieldLabelC
     source = [np.zeros(len(cat["y"]), int)] + [np.ones(len(p["y"]), int) for p in walk_parts]
     labels = YieldLabels(
         y=np.concatenate(y), nll=np.concatenate(nll), converged=np.concatenate(conv),
-        source=np.concatenate(source), nll0=np.asarray(nll0), tmu_observed=np.concatenate(tmu),
+        source=np.concatenate(source),
+        ray=np.concatenate([cat["ray"]] + [np.full(len(p["y"]), -1) for p in walk_parts]),
+        nll0=np.asarray(nll0), tmu_observed=np.concatenate(tmu),
         scale=scale, information=information, datasets=datasets, ray_shapes=cat["shapes"],
         ray_mu_hat=cat["mu_hat"], ray_nll_hat=cat["nll_hat"], gradient0=grad0,
         information0=info0)

@@ -111,7 +111,6 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
             m_hat[:, DATASETS.index("observed")] = 1.0
             mask = np.concatenate([mask, m_hat])
             t_d = np.concatenate([t_d, np.zeros_like(m_hat)])
-            tmu = np.concatenate([tmu, np.zeros(len(y_hat))])
     resid = g - baseline(y)
     scale = labels.scale
     u = y / scale
@@ -151,7 +150,7 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     n_bins = len(scale)
     bins = tuple(bins) if bins is not None else tuple(f"bin-{i}" for i in range(n_bins))
     prefit = np.asarray(prefit if prefit is not None else labels.datasets["apriori"][0])
-    y_max = y.max(axis=0)
+    y_max = labels.y[use].max(axis=0)
     surrogate = YieldLikelihoodSurrogate(
         bins=bins, network=net, baseline=baseline, nll0=labels.nll0, y_max=y_max,
         prefit=prefit)
@@ -183,17 +182,13 @@ def _ray_minima(labels: YieldLabels) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, labels.y.shape[1])), np.zeros(0)
     d = DATASETS.index("observed")
     ok = np.isfinite(nll_hat) & np.isfinite(mu_hat) & (mu_hat > 0)
-    y_max = labels.y.max(axis=0)
+    y_max = labels.y[labels.usable].max(axis=0)
     y_hat = shapes * np.where(ok, mu_hat, 0.0)[:, None]
     ok &= np.all(y_hat <= y_max[None, :], axis=1)
-    # the rays' own labelled minima: ray points come first, n_mu per ray in ray order
-    src = np.flatnonzero(labels.source == 0)
-    if len(src) and len(src) % len(shapes) == 0:
-        ray = np.arange(len(src)) // (len(src) // len(shapes))
-        conv = labels.converged[src, d]
-        best = np.full(len(shapes), np.inf)
-        np.minimum.at(best, ray[conv], labels.nll[src[conv], d])
-        ok &= nll_hat <= best + 1e-9
+    conv = (labels.ray >= 0) & labels.converged[:, d]
+    best = np.full(len(shapes), np.inf)
+    np.minimum.at(best, labels.ray[conv], labels.nll[conv, d])
+    ok &= nll_hat <= best + 1e-9
     return y_hat[ok], nll_hat[ok] - labels.nll0[d]
 
 
