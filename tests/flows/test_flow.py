@@ -186,6 +186,15 @@ def test_fit_flow_learns_a_conditional_gaussian():
         fit_flow(jax.random.key(1), flow, x, condition=c, weights=-np.ones(4000), config=cfg)
     with pytest.raises(InvalidInput, match="NaN"):
         fit_flow(jax.random.key(1), flow, np.full_like(x, np.nan), condition=c, config=cfg)
+    # fine-tuning (standardise=False) keeps the standardisation and follows shifted data
+    tuned, _ = fit_flow(jax.random.key(2), fitted, x + 0.4, condition=c, config=cfg,
+                        progress=False, standardise=False)
+    for k, v in fitted.buffers.items():
+        np.testing.assert_array_equal(tuned.buffers[k], v)
+    lp = [float(np.mean(np.asarray(f.log_prob((xt + 0.4).astype(np.float32),
+                                                ct.astype(np.float32)))))
+          for f in (fitted, tuned)]
+    assert lp[1] > lp[0] + 0.1, lp
 
 
 def test_generic_conditioner_nets_keep_the_invariants():

@@ -27,6 +27,11 @@ def _fit(sample, config=TINY, seed=0):
                         config=config, progress=False)
 
 
+def _same(a: dict, b: dict) -> bool:
+    """Whether two dicts of arrays hold the same keys and values."""
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="module")
 def multidim():
     return get_toy("multidim").make(1, n_sim=3000, n_data=1000)
@@ -69,8 +74,15 @@ def test_unfold_shapes_weights_and_iterations(tiny, multidim):
     t, w = res.flat()
     assert t.shape == (4 * len(x), 3) and np.isclose(w.sum(), res.weights.sum() / 4)
     adapted = res.unfolder
-    assert adapted.prior is not None and tiny.prior is None
-    # the adapted unfolder's draws: resampled from max(4 k, n_proposals) proposals
+    # by default the adapted prior is absorbed into the flow: no g classifier remains, the
+    # flow and the fake classifier changed, the stored simulation carries the weights g
+    assert adapted.prior is None and adapted.adapted and not tiny.adapted
+    assert adapted.history["absorbed_prior"][0]["epochs"] >= 1
+    assert not _same(adapted.flow.arrays(), tiny.flow.arrays())
+    assert not _same(adapted.fakes["params"], tiny.fakes["params"])
+    assert _same(adapted.efficiency["params"], tiny.efficiency["params"])
+    assert not np.allclose(adapted.simulation["weights"], tiny.simulation["weights"])
+    # one flow pass per draw: the draws are the flow's inverse of the base draws
     again = adapted.unfold(x[:50], n_samples=2, iterate=False, on_extrapolation="ignore")
     assert again.particle.shape == (50, 2, 3) and np.all(again.weights > 0)
     same = tiny.unfold(x, n_samples=4, key=3, iterate=False, on_extrapolation="ignore")
@@ -93,7 +105,7 @@ def test_onnx_graph_matches_jax_on_fresh_inputs(tiny, tiny_artifact):
 
 def test_adapted_unfolder_exports_its_prior_ratio(tiny, multidim, tmp_path):
     x, _ = multidim.data.measured()
-    adapted = tiny.unfold(x, key=5, on_extrapolation="ignore").unfolder
+    adapted = tiny.unfold(x, key=5, absorb_prior=False, on_extrapolation="ignore").unfolder
     adapted.save(tmp_path / "adapted")
     loaded = load_surrogate(tmp_path / "adapted")
     assert loaded.metadata["has_prior_ratio"]
@@ -113,6 +125,51 @@ def test_adapted_unfolder_exports_its_prior_ratio(tiny, multidim, tmp_path):
     props = loaded.sample(np.repeat(r, m, axis=0), zz.reshape(-1, 3))[0].reshape(300, m, 3)
     hit = np.isclose(res.particle[:, :, None, :], props[:, None, :, :]).all(-1).any(-1)
     assert hit.all()
+
+
+def test_absorbed_prior_matches_the_resampled_posterior(tmp_path):
+    """Fine-tuning the flow on the g-reweighted simulation gives the same unfolded
+    distribution as resampling the proposals by g (same iterations, same g), in one flow
+    pass per draw; the absorbed unfolder publishes a graph without a prior ratio."""
+    d = get_toy("gaussian").make(0, n_sim=5000, n_data=3000)
+    cfg = FlowUnfoldConfig(n_layers=2, hidden=(32, 32), max_epochs=15, classifier_epochs=10,
+                           n_iterations=2, max_iteration_events=2000)
+    u = _fit(d.sim, cfg)
+    x, _ = d.data.measured()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        base = u.unfold(x, n_samples=8, key=2, iterate=False)
+        sir = u.unfold(x, n_samples=8, key=1, absorb_prior=False)
+        ab = u.unfold(x, n_samples=8, key=1)
+    assert [h["closure_distance"] for h in sir.history] == \
+        [h["closure_distance"] for h in ab.history]
+
+    def moments(res):
+        t, w = res.flat()
+        m = np.average(t[:, 0], weights=w)
+        return m, np.sqrt(np.average((t[:, 0] - m) ** 2, weights=w))
+
+    (m0, s0), (m1, s1), (m2, s2) = moments(base), moments(sir), moments(ab)
+    assert abs(m1 - m0) > 0.03 and abs(s1 - s0) > 0.02  # the iterations moved the result
+    assert abs(m2 - m1) < 0.015 and abs(s2 - s1) < 0.015, (m0, s0, m1, s1, m2, s2)
+    a = ab.unfolder
+    assert a.prior is None and sir.unfolder.prior is not None
+    a.save(tmp_path / "absorbed")
+    loaded = load_surrogate(tmp_path / "absorbed")
+    assert loaded.metadata["prior_absorbed"] and not loaded.metadata["has_prior_ratio"]
+    z = np.random.default_rng(4).standard_normal((200, 1, 1))
+    res = loaded.unfold(x[:200], noise=z)  # one base draw per sample: no resampling
+    np.testing.assert_allclose(res.particle[:, 0], a.sample(x[:200], z[:, 0])[0],
+                               rtol=ONNX_RTOL, atol=ONNX_RTOL)
+    # reloaded in JAX it iterates on from the adapted prior (the reweighted simulation)
+    again = Unfolder.load(tmp_path / "absorbed")
+    np.testing.assert_allclose(again.simulation["weights"], a.simulation["weights"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        more = again.unfold(x, n_samples=8, key=3, n_iterations=1)
+    (m3, s3) = moments(more)
+    assert abs(m3 - m2) < 0.03 and abs(s3 - s2) < 0.03  # already adapted: stays put
+    assert len(more.unfolder.history["absorbed_prior"]) == 2
 
 
 def test_saved_unfolder_reloads_in_jax_and_iterates(tiny, tiny_artifact, multidim):
@@ -155,6 +212,10 @@ def test_bad_inputs_to_fit(multidim):
                      config=TINY, progress=False)
     with pytest.raises(InvalidInput, match="n_iterations"):
         FlowUnfoldConfig(n_iterations=-1)
+    for bad in ({"finetune_epochs": 0}, {"max_iteration_events": 0},
+                {"finetune_learning_rate": 0.0}):
+        with pytest.raises(InvalidInput, match=next(iter(bad))):
+            FlowUnfoldConfig(**bad)
 
 
 def test_bad_inputs_to_unfold(tiny):
@@ -212,7 +273,7 @@ def test_cli_train_and_apply(tmp_path, multidim):
                "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(out["iterations"]) == 1
+    assert len(out["iterations"]) == 1 and out["absorbed_prior"]["epochs"] == 1
     df = pd.read_parquet(tmp_path / "unf.parquet")
     assert list(df.columns) == ["event", "sample", "a", "b", "c", "weight"]
     assert len(df) == 3 * len(x) and set(df["sample"]) == {0, 1, 2}

@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     tr.add_argument("--tree", help="TTree name for ROOT files")
     tr.add_argument("--out", required=True, help="artifact directory to write")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--max-epochs", type=int, help="flow training epochs (default from "
+    tr.add_argument("--max-epochs", type=int, help="flow training epochs, and the most "
+                                                   "epochs of the fine-tuning that absorbs "
+                                                   "the adapted prior (default from "
                                                    "FlowUnfoldConfig)")
     tr.add_argument("--no-simulation", action="store_true",
                     help="do not store the simulated pairs in the artifact (then `apply` "
@@ -59,6 +61,10 @@ def register(subparsers) -> None:
                          "graph with numpy + onnxruntime only")
     ap.add_argument("--iterations", type=int, help="maximum prior-reweighting iterations "
                                                    "(default: the trained configuration's)")
+    ap.add_argument("--no-absorb", action="store_true",
+                    help="keep the adapted prior as a reweighting classifier and resample each "
+                         "draw from several flow proposals, instead of fine-tuning the flow on "
+                         "the reweighted simulation (slower sampling)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.set_defaults(func=_apply)
     cmp_ = usub.add_parser("compare", help="run every method on pseudo-experiments of a toy; "
@@ -144,7 +150,7 @@ def _train(args) -> int:
     t = np.column_stack([np.asarray(ev[c], float) for c in particle])
     r = np.column_stack([np.asarray(ev[c], float) for c in detector])
     cfg = FlowUnfoldConfig() if args.max_epochs is None else FlowUnfoldConfig(
-        max_epochs=args.max_epochs)
+        max_epochs=args.max_epochs, finetune_epochs=args.max_epochs)
     jax = optional_import("jax")
     u = Unfolder.fit(
         jax.random.key(args.seed), sim_particle=t, sim_detector=r,
@@ -162,6 +168,16 @@ def _train(args) -> int:
                       "flow_epochs": u.history["flow"]["epochs"],
                       "train_seconds": round(u.history["train_seconds"], 2)}))
     return 0
+
+
+def _absorbed(res):
+    """The fine-tuning record of the adapted prior, if this run absorbed one."""
+    u = res.unfolder
+    if (u is None or u.prior is not None or not res.history
+            or not u.history.get("absorbed_prior")):
+        return None
+    rec = u.history["absorbed_prior"][-1]
+    return {"epochs": rec["epochs"], "seconds": round(rec["seconds"], 2)}
 
 
 def _apply(args) -> int:
@@ -196,7 +212,9 @@ def _apply(args) -> int:
             raise InvalidInput(f"{args.artifact} was saved without its simulated events "
                                "(--no-simulation); rerun with --no-iterate")
         res = u.unfold(r, n_samples=args.n_samples, key=args.seed, data_weights=v,
-                       n_iterations=args.iterations, progress=not args.quiet)
+                       n_iterations=args.iterations,
+                       absorb_prior=False if args.no_absorb else None,
+                       progress=not args.quiet)
     clash = sorted({"event", "sample", "weight"} & set(res.names))
     if clash:
         raise InvalidInput(f"particle-level columns {clash} clash with the output columns "
@@ -217,5 +235,6 @@ def _apply(args) -> int:
         df.to_parquet(out, index=False)
     print(json.dumps({"out": str(out), "events": int(n), "n_samples": int(k),
                       "columns": list(df.columns), "iterations": res.history,
+                      "absorbed_prior": _absorbed(res),
                       "out_of_range_fraction": res.out_of_range_fraction}))
     return 0

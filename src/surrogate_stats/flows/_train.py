@@ -61,13 +61,14 @@ def check_finite(name: str, a: np.ndarray, columns=None) -> None:
 
 def fit_flow(key, flow: Flow, x, *, condition=None, weights=None,
              config: FlowTrainConfig = FlowTrainConfig(), progress: bool = True,
-             desc: str = "flow") -> tuple[Flow, TrainHistory]:
+             desc: str = "flow", standardise: bool = True) -> tuple[Flow, TrainHistory]:
     """Fit ``flow`` to events ``x`` (given ``condition``) by weighted maximum likelihood.
 
     The loss is ``-sum_i w_i log p(x_i | c_i) / sum_i w_i``; weights may be negative (signed
     MC weights) as long as their sum is positive. The flow's standardisation is set from the
-    training events first. A random ``config.val_fraction`` of the events is held out; the
-    parameters with the best validation loss are returned.
+    training events first (``standardise=False`` keeps the flow's own, to fine-tune a
+    trained flow on reweighted events). A random ``config.val_fraction`` of the events is
+    held out; the parameters with the best validation loss are returned.
 
     Args:
         key: JAX random key (split, validation and batches).
@@ -110,7 +111,9 @@ def fit_flow(key, flow: Flow, x, *, condition=None, weights=None,
     perm = np.asarray(jax.random.permutation(k_split, n))
     n_val = max(1, int(round(config.val_fraction * n)))
     val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    flow = flow.with_standardisation(x[tr], None if condition is None else condition[tr], w[tr])
+    if standardise:
+        flow = flow.with_standardisation(x[tr], None if condition is None else condition[tr],
+                                         w[tr])
     dtype = np.asarray(next(iter(flow.params[0].values()))).dtype if flow.params[0] else \
         np.float32
     w = w / w[tr].mean()

@@ -30,11 +30,13 @@ OUTPUTS = ("particle", "efficiency", "purity", "prior_ratio")
 class LoadedUnfolder:
     """A published flow unfolder evaluated with onnxruntime (no JAX).
 
-    It samples with the simulation's prior as trained, or with the adapted prior of an
-    unfolder saved after :meth:`~surrogate_stats.unfold.Unfolder.unfold`'s iterations (then
-    the draws are resampled from ``max(4 n_samples, n_proposals)`` proposals per event in
-    proportion to the graph's ``prior_ratio``, as in JAX); running new iterations needs JAX
-    (:meth:`surrogate_stats.unfold.Unfolder.load`).
+    It samples with the prior the saved unfolder had: the simulation's as trained, or the
+    adapted prior of an unfolder saved after :meth:`~surrogate_stats.unfold.Unfolder.unfold`'s
+    iterations — absorbed into the flow (the default: one graph pass per draw, metadata
+    ``prior_absorbed``) or kept as a classifier (``absorb_prior=False``, metadata
+    ``has_prior_ratio``: the draws are resampled from ``max(4 n_samples, n_proposals)``
+    proposals per event in proportion to the graph's ``prior_ratio``, as in JAX). Running
+    new iterations needs JAX (:meth:`surrogate_stats.unfold.Unfolder.load`).
     """
 
     def __init__(self, meta, session, *, on_extrapolation="warn"):

@@ -18,7 +18,7 @@ the fakes' share, the inverse efficiency restores the events the detector lost.
 p_\text{sim}(t)` carries the simulation's particle-level spectrum. Reweighting the simulated
 particle level by :math:`g(t)` changes the posterior to :math:`q(t \mid r)\,g(t) /
 E_q[g \mid r]` and the odds of a real (not fake) event at :math:`r` by the factor
-:math:`E_q[g \mid r]` — exactly, without retraining, so the flow is trained once.
+:math:`E_q[g \mid r]` — exactly, so the iterations need no retraining of the flow.
 :meth:`Unfolder.unfold` iterates with the data (like IBU, unbinned): with ``n_proposals``
 fixed draws per event from :math:`q`, the current unfolded distribution (draws weighted by
 :math:`g`, purity and efficiency) is compared with the simulated particle level by a
@@ -28,9 +28,14 @@ fit cannot fake convergence). The
 iterations stop when the **closure criterion** holds — the largest per-observable
 Wasserstein-1 distance between two successive unfolded distributions, in units of the
 simulated particle level's standard deviation, is below ``config.closure_tol`` — or after
-``config.n_iterations``. The final draws are sampled from the proposals in proportion to
-:math:`g` (sampling-importance-resampling), so each event's draws follow its posterior under
-the adapted prior.
+``config.n_iterations``. Then (``config.absorb_prior``, the default) the flow is fine-tuned
+on the simulated pairs reweighted by :math:`g(t)` and the fake classifier refitted with those
+weights, so :math:`g` is absorbed: the adapted unfolder draws each sample with one flow pass.
+With ``absorb_prior=False`` the final draws are instead resampled from
+``max(4 n_samples, n_proposals)`` proposals per event in proportion to :math:`g`
+(sampling-importance-resampling; exact for the given flow and :math:`g`, but that many
+flow passes per draw). The iterations use at most ``config.max_iteration_events`` measured
+events.
 
 A trained :class:`Unfolder` saves as an artifact of kind ``"flow_unfolder"``: one ONNX graph
 ``detector, noise -> particle, efficiency, purity, prior_ratio`` (the base draws are an
@@ -89,6 +94,14 @@ class FlowUnfoldConfig:
         closure_tol: stop iterating when max over observables of W1(iteration k, k-1) /
             std(simulated particle level) is below this.
         clip_ratio: the reweighting ratio ``g`` is clipped to ``[1/clip_ratio, clip_ratio]``.
+        max_iteration_events: the iterations use at most this many measured events (a
+            uniform random subset when there are more; the final draws are made for all).
+        absorb_prior: after the iterations, fine-tune the flow (and refit the fake
+            classifier) on the simulation reweighted by ``g``, so that the adapted unfolder
+            draws each sample with one flow pass; False keeps ``g`` as a separate classifier
+            and resamples every draw from ``max(4 n_samples, n_proposals)`` proposals.
+        finetune_epochs, finetune_learning_rate: that fine-tuning (early stopping with
+            ``patience``; starts from the trained flow and keeps its standardisation).
     """
 
     n_layers: int = 4
@@ -109,13 +122,18 @@ class FlowUnfoldConfig:
     max_classifier_draws: int = 100000
     closure_tol: float = 0.01
     clip_ratio: float = 20.0
+    max_iteration_events: int = 50000
+    absorb_prior: bool = True
+    finetune_epochs: int = 60
+    finetune_learning_rate: float = 5e-4
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "classifier_hidden",
                            tuple(int(h) for h in self.classifier_hidden))
         for name in ("n_layers", "knots", "batch_size", "max_epochs", "patience",
-                     "classifier_epochs", "n_proposals", "max_classifier_draws"):
+                     "classifier_epochs", "n_proposals", "max_classifier_draws",
+                     "max_iteration_events", "finetune_epochs"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"FlowUnfoldConfig.{name} must be >= 1; got "
                                    f"{getattr(self, name)!r}")
@@ -129,6 +147,9 @@ class FlowUnfoldConfig:
             raise InvalidInput(f"closure_tol must be positive; got {self.closure_tol}")
         if not self.clip_ratio > 1:
             raise InvalidInput(f"clip_ratio must be > 1; got {self.clip_ratio}")
+        if not self.finetune_learning_rate > 0:
+            raise InvalidInput(f"finetune_learning_rate must be positive; got "
+                               f"{self.finetune_learning_rate}")
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -409,8 +430,9 @@ class Unfolder:
     Attributes:
         flow: the conditional flow ``p(particle | detector)``.
         efficiency, fakes: classifiers (dicts of arrays) or None.
-        prior: the prior-ratio classifier ``g`` after :meth:`unfold`'s iterations (None for
-            the simulation's prior).
+        prior: the prior-ratio classifier ``g`` after :meth:`unfold`'s iterations with
+            ``config.absorb_prior=False`` (None for the simulation's prior, and when ``g``
+            was absorbed into the flow: see :attr:`adapted`).
         particle_names, detector_names: column names.
         detector_range: ``(lo, hi)`` of the simulated detector level (measured events).
         config: :class:`FlowUnfoldConfig`.
@@ -435,7 +457,12 @@ class Unfolder:
     def __repr__(self):
         return (f"Unfolder(particle={list(self.particle_names)}, detector="
                 f"{list(self.detector_names)}, efficiency={self.efficiency is not None}, "
-                f"fakes={self.fakes is not None}, adapted={self.prior is not None})")
+                f"fakes={self.fakes is not None}, adapted={self.adapted})")
+
+    @property
+    def adapted(self) -> bool:
+        """Whether the prior was adapted to data (a ``g`` classifier, or absorbed)."""
+        return self.prior is not None or bool(self.history.get("absorbed_prior"))
 
     # ---------------------------------------------------------------- fit
     @classmethod
@@ -575,7 +602,8 @@ class Unfolder:
     # ---------------------------------------------------------------- unfold
     def unfold(self, data_detector, *, n_samples: int = 1, key=0, data_weights=None,
                iterate: bool = True, n_iterations: int | None = None,
-               on_extrapolation: str = "warn", progress: bool = False) -> UnfoldedEvents:
+               absorb_prior: bool | None = None, on_extrapolation: str = "warn",
+               progress: bool = False) -> UnfoldedEvents:
         """Unfold measured events: per event ``n_samples`` posterior draws and weights.
 
         With ``iterate`` (default) and the simulated pairs available, the prior dependence
@@ -590,6 +618,8 @@ class Unfolder:
             data_weights: ``(N,)`` event weights (default ones).
             iterate: run the prior-reweighting iterations.
             n_iterations: maximum iterations (default ``config.n_iterations``).
+            absorb_prior: fine-tune the flow on the reweighted simulation after the
+                iterations (default ``config.absorb_prior``; module docstring).
             on_extrapolation: ``"warn"``, ``"raise"`` or ``"ignore"`` for events outside
                 the simulated detector-level range.
 
@@ -620,19 +650,28 @@ class Unfolder:
                 raise InvalidInput("this unfolder was saved without its simulated events, so "
                                    "it cannot iterate; pass iterate=False")
             m = self.config.n_proposals
-            z = np.asarray(jax.random.normal(k_noise, (len(r), m, dp)), np.float64)
-            t, eff, pur, g = (a.reshape(len(r), m, *a.shape[1:]) for a in
-                              self.sample(np.repeat(r, m, axis=0), z.reshape(-1, dp)))
-            prev = (t, _posterior_weights(eff, pur, g, v)[0])
+            ri, vi = r, v
+            if len(r) > self.config.max_iteration_events:
+                keep = np.sort(np.asarray(jax.random.choice(
+                    jax.random.fold_in(key, 1), len(r), (self.config.max_iteration_events,),
+                    replace=False)))
+                ri, vi = r[keep], v[keep]
+            z = np.asarray(jax.random.normal(k_noise, (len(ri), m, dp)), np.float64)
+            t, eff, pur, g = (a.reshape(len(ri), m, *a.shape[1:]) for a in
+                              self.sample(np.repeat(ri, m, axis=0), z.reshape(-1, dp)))
+            prev = (t, _posterior_weights(eff, pur, g, vi)[0])
             for it in tqdm(range(n_it), desc="unfold iterations", disable=not progress,
                            leave=False):
                 u, g, rec = u._iterate(jax.random.fold_in(k_iter, it), *prev)
-                cur = (t, _posterior_weights(eff, pur, g, v)[0])
+                cur = (t, _posterior_weights(eff, pur, g, vi)[0])
                 dist = _closure_distance(prev, cur, self.particle_scale)
                 history.append({"iteration": it + 1, "closure_distance": dist, **rec})
                 prev = cur
                 if dist < self.config.closure_tol:
                     break
+            absorb = self.config.absorb_prior if absorb_prior is None else bool(absorb_prior)
+            if absorb and u.prior is not None:
+                u = u._absorb(jax.random.fold_in(key, 2), progress=progress)
         return u._final(r, v, n_samples, k_final, history, frac)
 
     def _final(self, r, v, k, key, history, frac):
@@ -680,6 +719,47 @@ class Unfolder:
         ess = float(np.sum(w[truth] * gs) ** 2 / np.sum((w[truth] * gs) ** 2))
         return new, g, {"ratio_min": float(gs.min()), "ratio_max": float(gs.max()),
                         "effective_sim_events": ess}
+
+    def _absorb(self, key, *, progress=False):
+        """The unfolder with ``g`` absorbed: the flow fine-tuned on the simulated pairs
+        reweighted by ``g(t)``, the fake classifier refitted with those weights (its odds
+        change by E_q[g | r], module docstring), the efficiency kept (it does not depend on
+        the prior) and the stored simulation reweighted, so that later iterations start
+        from the adapted prior."""
+        from surrogate_stats.flows._ops import NumpyOps
+        from surrogate_stats.flows._train import FlowTrainConfig, fit_flow
+
+        jax = optional_import("jax")
+        cfg, s = self.config, self.simulation
+        t0 = time.perf_counter()
+        truth, reco = s["passed_truth"] > 0, s["passed_reco"] > 0
+        both = truth & reco
+        g = np.ones(len(truth))
+        g[truth] = _ratio(NumpyOps(np.float64), _f64(self.prior), s["particle"][truth])
+        w = s["weights"] * g
+        k_flow, k_fake = jax.random.split(key)
+        tc = FlowTrainConfig(learning_rate=cfg.finetune_learning_rate,
+                             batch_size=cfg.batch_size, max_epochs=cfg.finetune_epochs,
+                             patience=cfg.patience, val_fraction=cfg.val_fraction)
+        flow, hist = fit_flow(k_flow, self.flow, s["particle"][both],
+                              condition=s["detector"][both], weights=w[both], config=tc,
+                              progress=progress, desc="absorb prior", standardise=False)
+        fakes = self.fakes
+        if fakes is not None:
+            fakes = _fit_classifier(k_fake, s["detector"][reco], (~truth[reco]).astype(float),
+                                    w[reco], hidden=cfg.classifier_hidden,
+                                    epochs=cfg.classifier_epochs, init=self.fakes)
+        rec = {"epochs": len(hist.val_loss), "val_loss": hist.val_loss,
+               "ratio_min": float(g[truth].min()), "ratio_max": float(g[truth].max()),
+               "seconds": time.perf_counter() - t0}
+        absorbed = [*self.history.get("absorbed_prior", []), rec]
+        return Unfolder(flow, efficiency=self.efficiency, fakes=fakes, prior=None,
+                        particle_names=self.particle_names,
+                        detector_names=self.detector_names,
+                        detector_range=self.detector_range,
+                        particle_scale=self.particle_scale, config=cfg,
+                        history={**self.history, "absorbed_prior": absorbed},
+                        simulation={**s, "weights": w})
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory, *, name: str | None = None,
@@ -811,6 +891,7 @@ def _save(u: Unfolder, directory, *, name=None, include_simulation=True) -> Path
         "has_efficiency": u.efficiency is not None,
         "has_fakes": u.fakes is not None,
         "has_prior_ratio": u.prior is not None,
+        "prior_absorbed": bool(u.history.get("absorbed_prior")),
         "n_proposals": int(u.config.n_proposals),
         "flow": u.flow.structure(),
         "config": u.config.as_dict(),
