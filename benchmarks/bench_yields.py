@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -154,6 +155,7 @@ def bench_normfactor(name, info, n_max):
     idx = np.linspace(0, len(ops) - 1, min(n_max, len(ops))).round().astype(int)
     ctx = multiprocessing.get_context("spawn")
     rows = []
+    t0 = time.perf_counter()
     with ProcessPoolExecutor(min(2, os.cpu_count() or 1), mp_context=ctx) as pool:
         futs = [(names[i], pool.submit(_limits_pair, spec, ops[i], remove)) for i in idx]
         for n, f in futs:
@@ -162,6 +164,9 @@ def bench_normfactor(name, info, n_max):
             r["observed_rel"] = r["normfactor"][0] / r["full"][0] - 1
             r["median_rel"] = r["normfactor"][1] / r["full"][1] - 1
             rows.append(r)
+            print(f"normfactor {name} {n}: observed {100 * r['observed_rel']:+.2f}%, median "
+                  f"{100 * r['median_rel']:+.2f}% ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
     return {"analysis": name, "points": rows,
             "max_abs_observed_rel": max(abs(r["observed_rel"]) for r in rows),
             "max_abs_median_rel": max(abs(r["median_rel"]) for r in rows)}
@@ -290,6 +295,8 @@ def main(argv=None):
     ap.add_argument("--analyses", default="3L,sbottomA,sbottomC,displaced")
     ap.add_argument("--out", default=None, help="artifact folder (default: a temporary one)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--normfactor-points", type=int, default=6,
+                    help="signal patches per analysis for the normfactor part")
     args = ap.parse_args(argv)
     parts = args.parts.split(",")
     wanted = args.analyses.split(",")
@@ -299,7 +306,8 @@ def main(argv=None):
         results["engine"] = [bench_engine("3L-eRJR", 16), bench_engine("sbottom-RegionA", 16)]
     ana = _analyses()
     if "normfactor" in parts:
-        results["normfactor"] = [bench_normfactor(n, ana[n], 6) for n in ("3L", "sbottomA")
+        results["normfactor"] = [bench_normfactor(n, ana[n], args.normfactor_points)
+                                 for n in ("3L", "sbottomA")
                                  if n in wanted and ana[n]["bkg"].exists()]
     if "surrogate" in parts:
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_yields_"))
