@@ -312,8 +312,10 @@ def test_cli_train_bad_input(tmp_path):
 def test_gaussian_iterations_reduce_the_prior_dependence():
     """The iterations move the unfolded Gaussian towards the truth, far from the prior.
 
-    The issue asks W1(unfolded) <= 0.3 W1(prior); on this data seed the unbinned W1 ratio is
-    0.26-0.34 depending on the training seed (docs/unfold.md), so only 0.45 is asserted here.
+    The issue asks W1(unfolded) <= 0.3 W1(prior); on this data seed the unbinned W1 ratio was
+    0.26-0.34 with the resampled prior depending on the training seed, and 0.22 with the
+    absorbed prior (training key 0; 0.41 without iterations; docs/unfold.md); single data sets
+    scatter, so only 0.45 is asserted here.
     """
     ud = get_toy("gaussian").make(5, n_sim=20000, n_data=10000)
     u = _fit(ud.sim, FlowUnfoldConfig())
