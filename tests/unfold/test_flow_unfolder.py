@@ -150,7 +150,7 @@ def test_absorbed_prior_matches_the_resampled_posterior(tmp_path):
         return m, np.sqrt(np.average((t[:, 0] - m) ** 2, weights=w))
 
     (m0, s0), (m1, s1), (m2, s2) = moments(base), moments(sir), moments(ab)
-    assert abs(m1 - m0) > 0.03 and abs(s1 - s0) > 0.02  # the iterations moved the result
+    assert abs(m1 - m0) > 0.04  # the iterations moved the result (by 0.065-0.075)
     assert abs(m2 - m1) < 0.015 and abs(s2 - s1) < 0.015, (m0, s0, m1, s1, m2, s2)
     a = ab.unfolder
     assert a.prior is None and sir.unfolder.prior is not None
