@@ -12,9 +12,14 @@ Parts:
   engine (one compiled batch) and of pyhf (numpy backend with its default SLSQP settings, and
   with the tight tolerance that converges on these workspaces, JAX backend for exact gradients),
   the ratio, and the largest |Delta(-2 ln L)| between the engine and tight pyhf.
-* ``normfactor``: the surrogates inject a signal with a normalisation factor only; on the
-  analyses' own patches this compares pyhf's observed and median expected CLs limits of the
-  full patch (signal systematics and all) with those of the normfactor-only injection.
+* ``normfactor``: the surrogates inject a signal with a normalisation factor only; on every
+  one of the analyses' own patches this compares the observed and median expected CLs limits
+  of the full patch (signal systematics and all) with those of the normfactor-only injection,
+  both from the engine's ``workspace_upper_limit`` (pyhf's asymptotic qtilde limits, seconds
+  instead of minutes each); pyhf's own ``hypotest`` at the engine's limits checks the first
+  ``--pyhf-checks`` patches of each analysis and the one with the largest change (CLs = 0.05
+  there when they agree); ``--parts normfactor-check`` reruns only these checks on the
+  results already in ``results/yields.json``.
 * ``surrogate``: ``train-yields`` with default settings on each analysis (the 3L patchset,
   the sbottom region A and C patches, the displaced-leptons background-only workspace with
   injected signals), recording the total time and the validation on the analysis's own
@@ -131,45 +136,114 @@ def bench_engine(name, n_pyhf, n_engine=512):
 
 
 # -- normfactor-only injection ------------------------------------------------------------------
-def _limits_pair(spec, ops, remove):
+POI_BOUNDS = (0.0, 100.0)  # the same POI bounds for both, from 0 (qtilde) to above every limit
+
+
+def _pair_specs(spec, ops, remove):
+    """The full patch and its normfactor-only injection, as workspaces."""
     import jsonpatch
 
-    from surrogate_stats.likelihood._exact import pyhf_upper_limit
-    from surrogate_stats.likelihood._histfactory import build_model, inject_signal, set_poi_bounds
+    from surrogate_stats.likelihood._histfactory import build_model, inject_signal
     from surrogate_stats.likelihood._yields_validate import signal_from_patch
 
     model = build_model(spec, remove_channels=remove, check=False)
     s = signal_from_patch(ops, spec, model.bins)
-    # the same POI bounds for both, from 0 (pyhf's qtilde) to above every limit
-    full = pyhf_upper_limit(set_poi_bounds(jsonpatch.apply_patch(spec, ops), (0.0, 100.0)))
-    norm = pyhf_upper_limit(set_poi_bounds(inject_signal(spec, s, remove=remove), (0.0, 100.0)))
-    return {"full": [full[0], full[1][2]], "normfactor": [norm[0], norm[1][2]]}
+    return {"full": jsonpatch.apply_patch(spec, ops),
+            "normfactor": inject_signal(spec, s, remove=remove)}
 
 
-def bench_normfactor(name, info, n_max):
+def _limits_pair(spec, ops, remove):
+    """Engine CLs limits of the full patch and of its normfactor-only injection."""
+    from surrogate_stats.likelihood._workspace_limits import workspace_upper_limit
+
+    out = {}
+    for kind, ws in _pair_specs(spec, ops, remove).items():
+        t = time.perf_counter()
+        r = workspace_upper_limit(ws, poi_bounds=POI_BOUNDS)
+        out[kind] = [r.observed, float(r.expected[2])]
+        out[f"{kind}_converged"] = r.converged
+        out[f"{kind}_seconds"] = time.perf_counter() - t
+    return out
+
+
+def _pyhf_check(spec, limits):
+    """pyhf's hypotest (JAX backend, own process) at the engine's observed and median limits."""
+    from surrogate_stats.likelihood._exact import pyhf_hypotests
+    from surrogate_stats.likelihood._histfactory import set_poi_bounds
+
+    t = time.perf_counter()
+    (obs, _), (_, exp) = pyhf_hypotests(set_poi_bounds(spec, POI_BOUNDS), limits)
+    return {"cls_observed_at_engine_limit": obs, "cls_median_at_engine_median": exp[2],
+            "seconds": time.perf_counter() - t}
+
+
+def _signals(info):
     from surrogate_stats.likelihood._yields_pipeline import analysis_signals, load_background
 
     spec = load_background(info["bkg"])
-    names, ops, remove = analysis_signals(spec, patchset=info["patchset"],
-                                          patches=info["patches"])
-    idx = np.linspace(0, len(ops) - 1, min(n_max, len(ops))).round().astype(int)
+    return (spec, *analysis_signals(spec, patchset=info["patchset"], patches=info["patches"]))
+
+
+def pyhf_checks(name, info, rows, which):
+    """pyhf's CLs at the engine's limits (full and normfactor-only) for the named patches."""
+    spec, names, ops, remove = _signals(info)
+    by_name = {r["name"]: r for r in rows}
+    out = []
     ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # JAX-backend pyhf: own process
+        futs = []
+        for n in which:
+            specs = _pair_specs(spec, ops[names.index(n)], remove)
+            for kind, ws in specs.items():
+                futs.append((n, kind, pool.submit(_pyhf_check, ws, by_name[n][kind])))
+        for n, kind, f in futs:
+            c = f.result()
+            out.append({"name": n, "kind": kind, **c})
+            print(f"pyhf check {name} {n} {kind}: CLs {c['cls_observed_at_engine_limit']:.5f}"
+                  f" (obs), {c['cls_median_at_engine_median']:.5f} (median)", file=sys.stderr,
+                  flush=True)
+    return out
+
+
+def _check_targets(rows, n_check):
+    """The first n_check patches and the one whose observed limit changes most."""
+    finite = [r for r in rows if np.isfinite(r["observed_rel"])]
+    worst = max(finite, key=lambda r: abs(r["observed_rel"]))["name"]
+    first = [r["name"] for r in rows[:n_check]]
+    return first + ([worst] if worst not in first else [])
+
+
+def bench_normfactor(name, info, n_max, n_check):
+    """Every (or n_max evenly spaced) signal patch: limits full vs normfactor-only (engine);
+    pyhf's CLs at the engine's limits for the first n_check of them and the worst one."""
+    spec, names, ops, remove = _signals(info)
+    n = len(ops) if n_max <= 0 else min(n_max, len(ops))
+    idx = np.linspace(0, len(ops) - 1, n).round().astype(int)
     rows = []
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(min(2, os.cpu_count() or 1), mp_context=ctx) as pool:
-        futs = [(names[i], pool.submit(_limits_pair, spec, ops[i], remove)) for i in idx]
-        for n, f in futs:
-            r = f.result()
-            r["name"] = n
-            r["observed_rel"] = r["normfactor"][0] / r["full"][0] - 1
-            r["median_rel"] = r["normfactor"][1] / r["full"][1] - 1
-            rows.append(r)
-            print(f"normfactor {name} {n}: observed {100 * r['observed_rel']:+.2f}%, median "
-                  f"{100 * r['median_rel']:+.2f}% ({time.perf_counter() - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
+    for i in idx:
+        r = _limits_pair(spec, ops[i], remove)
+        r["name"] = names[i]
+        r["observed_rel"] = r["normfactor"][0] / r["full"][0] - 1
+        r["median_rel"] = r["normfactor"][1] / r["full"][1] - 1
+        rows.append(r)
+        print(f"normfactor {name} {names[i]}: observed {100 * r['observed_rel']:+.2f}%, "
+              f"median {100 * r['median_rel']:+.2f}% ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t0
     return {"analysis": name, "points": rows,
-            "max_abs_observed_rel": max(abs(r["observed_rel"]) for r in rows),
-            "max_abs_median_rel": max(abs(r["median_rel"]) for r in rows)}
+            "pyhf_check": pyhf_checks(name, info, rows, _check_targets(rows, n_check)),
+            "n_patches": len(ops), "seconds": seconds,
+            "all_converged": all(r["full_converged"] and r["normfactor_converged"]
+                                 for r in rows),
+            # a limit above the POI bound 100 is NaN (the point has no sensitivity): left out
+            "n_limits_above_bound": int(sum(not np.isfinite(r[k]) for r in rows
+                                            for k in ("observed_rel", "median_rel"))),
+            **{f"{stat}_abs_{k}": float(getattr(np, f"nan{stat}")([abs(r[k]) for r in rows]))
+               for stat in ("max", "median") for k in ("observed_rel", "median_rel")},
+            "seconds_per_limit": float(np.mean([r[k] for r in rows
+                                                for k in ("full_seconds",
+                                                          "normfactor_seconds")]))}
 
 
 # -- surrogates ---------------------------------------------------------------------------------
@@ -262,13 +336,39 @@ def write(results, stem="yields"):
                 f"{r['max_abs_d_twice_nll_vs_default']:.2g} |")
         lines.append("")
     if merged.get("normfactor"):
-        lines += ["## Normalisation-factor-only injection vs the full signal patch (pyhf CLs)\n",
-                  "| analysis | points | max abs rel. change, observed UL | median expected UL |",
-                  "|---|---|---|---|"]
+        lines += ["## Normalisation-factor-only injection vs the full signal patch\n",
+                  "Asymptotic qtilde CLs limits (POI bounds [0, 100]) from the engine's "
+                  "`workspace_upper_limit` on both workspaces; normfactor / full - 1.\n",
+                  "| analysis | patches | all fits converged | s per limit "
+                  "| observed UL: max abs (median abs) "
+                  "| median expected UL: max abs (median abs) |",
+                  "|---|---|---|---|---|---|"]
         for r in merged["normfactor"]:
-            lines.append(f"| {r['analysis']} | {len(r['points'])} | "
-                         f"{100 * r['max_abs_observed_rel']:.1f}% | "
-                         f"{100 * r['max_abs_median_rel']:.1f}% |")
+            lines.append(f"| {r['analysis']} | {len(r['points'])} of {r['n_patches']} | "
+                         f"{'yes' if r['all_converged'] else 'no'} | "
+                         f"{r['seconds_per_limit']:.1f} | "
+                         f"{100 * r['max_abs_observed_rel']:.2f}% "
+                         f"({100 * r['median_abs_observed_rel']:.2f}%) | "
+                         f"{100 * r['max_abs_median_rel']:.2f}% "
+                         f"({100 * r['median_abs_median_rel']:.2f}%) |")
+        lines += ["", "Per patch (observed / median expected limits, full -> normfactor only):\n",
+                  "| analysis | patch | observed | median expected |", "|---|---|---|---|"]
+        for r in merged["normfactor"]:
+            for q in r["points"]:
+                lines.append(f"| {r['analysis']} | {q['name']} | {q['full'][0]:.4g} -> "
+                             f"{q['normfactor'][0]:.4g} ({100 * q['observed_rel']:+.2f}%) | "
+                             f"{q['full'][1]:.4g} -> {q['normfactor'][1]:.4g} "
+                             f"({100 * q['median_rel']:+.2f}%) |")
+        checks = [(r["analysis"], c) for r in merged["normfactor"] for c in r["pyhf_check"]]
+        if checks:
+            lines += ["", "pyhf's own `hypotest` (JAX backend) at the engine's limits; "
+                      "exact agreement gives CLs = 0.05:\n",
+                      "| analysis | patch | workspace | CLs obs at observed UL "
+                      "| expected CLs at median UL |", "|---|---|---|---|---|"]
+            for a, c in checks:
+                lines.append(f"| {a} | {c['name']} | {c['kind']} | "
+                             f"{c['cls_observed_at_engine_limit']:.5f} | "
+                             f"{c['cls_median_at_engine_median']:.5f} |")
         lines.append("")
     if merged.get("surrogate"):
         lines += ["## Surrogates with default settings, on the analyses' own signal points\n",
@@ -295,8 +395,10 @@ def main(argv=None):
     ap.add_argument("--analyses", default="3L,sbottomA,sbottomC,displaced")
     ap.add_argument("--out", default=None, help="artifact folder (default: a temporary one)")
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--normfactor-points", type=int, default=6,
-                    help="signal patches per analysis for the normfactor part")
+    ap.add_argument("--normfactor-points", type=int, default=0,
+                    help="signal patches per analysis for the normfactor part (0: all)")
+    ap.add_argument("--pyhf-checks", type=int, default=2,
+                    help="patches per analysis whose engine limits pyhf's hypotest checks")
     args = ap.parse_args(argv)
     parts = args.parts.split(",")
     wanted = args.analyses.split(",")
@@ -306,9 +408,17 @@ def main(argv=None):
         results["engine"] = [bench_engine("3L-eRJR", 16), bench_engine("sbottom-RegionA", 16)]
     ana = _analyses()
     if "normfactor" in parts:
-        results["normfactor"] = [bench_normfactor(n, ana[n], args.normfactor_points)
-                                 for n in ("3L", "sbottomA")
+        results["normfactor"] = [bench_normfactor(n, ana[n], args.normfactor_points,
+                                                  args.pyhf_checks)
+                                 for n in ("3L", "sbottomA", "sbottomC")
                                  if n in wanted and ana[n]["bkg"].exists()]
+    if "normfactor-check" in parts:  # pyhf checks of an earlier normfactor run's results
+        old = json.loads((RESULTS / "yields.json").read_text())["normfactor"]
+        for r in old:
+            if r["analysis"] in wanted:
+                r["pyhf_check"] = pyhf_checks(r["analysis"], ana[r["analysis"]], r["points"],
+                                              _check_targets(r["points"], args.pyhf_checks))
+        results["normfactor"] = old
     if "surrogate" in parts:
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_yields_"))
         old = {}

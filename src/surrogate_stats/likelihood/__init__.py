@@ -18,6 +18,7 @@ __all__ = [
     "validate",
     "export_olll",
     "load_olll",
+    "workspace_upper_limit",
 ]
 
 _LAZY = {
@@ -31,6 +32,7 @@ _LAZY = {
     "validate": "surrogate_stats.likelihood._pipeline",
     "export_olll": "surrogate_stats.likelihood._olll",
     "load_olll": "surrogate_stats.likelihood._olll",
+    "workspace_upper_limit": "surrogate_stats.likelihood._workspace_limits",
 }
 
 

@@ -31,6 +31,7 @@ from surrogate_stats.errors import InvalidWorkspace
 __all__ = ["HistFactoryModel", "build_model", "bin_names_of"]
 
 SUPPORTED = ("normfactor", "lumi", "normsys", "histosys", "shapesys", "staterror", "shapefactor")
+_CHECK_POI = "mu_surrogate_stats_check"
 CHECK_RTOL = 1e-9  # relative agreement with pyhf's logpdf required when a model is built
 
 
@@ -405,10 +406,12 @@ class HistFactoryModel:
 
         rng = np.random.default_rng(seed)
         signal = rng.uniform(0.0, 3.0, self.n_bins)
-        patched = inject_signal(spec, signal, remove=self.remove_channels)
+        # names of its own, so that a workspace with an injected signal can be checked too
+        patched = inject_signal(spec, signal, remove=self.remove_channels, poi=_CHECK_POI,
+                                sample="surrogate_stats_check_signal")
         with numpy_backend():
             ws = pyhf.Workspace(patched)
-            model = ws.model(poi_name="mu_surrogate_stats")
+            model = ws.model(poi_name=_CHECK_POI)
             data = np.asarray(ws.data(model), dtype=float)
             order = [model.config.par_slice(n) for n in model.config.par_order]
             worst = 0.0
@@ -450,7 +453,7 @@ class HistFactoryModel:
         pars = np.array(model.config.suggested_init(), dtype=float)
         own = self._par_groups()
         for name, sl in zip(names, order):
-            if name == "mu_surrogate_stats":
+            if name == _CHECK_POI:
                 pars[sl] = mu
             else:
                 start, stop = own[name]
@@ -492,8 +495,8 @@ def _poisson_aux(model, data) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def inject_signal(spec: dict, signal, *, remove=(),
-                  poi: str = "mu_surrogate_stats") -> dict:
+def inject_signal(spec: dict, signal, *, remove=(), poi: str = "mu_surrogate_stats",
+                  sample: str = "surrogate_stats_signal") -> dict:
     """A copy of ``spec`` with a sample of per-bin ``signal`` yields and only a normfactor.
 
     ``signal`` is in the model's bin order (workspace order, channels in ``remove`` dropped).
@@ -505,7 +508,7 @@ def inject_signal(spec: dict, signal, *, remove=(),
     k = 0
     for ch in out["channels"]:
         n = len(ch["samples"][0]["data"])
-        ch["samples"].append({"name": "surrogate_stats_signal",
+        ch["samples"].append({"name": sample,
                               "data": signal[k:k + n].tolist(),
                               "modifiers": [{"name": poi, "type": "normfactor", "data": None}]})
         k += n
