@@ -127,3 +127,36 @@ def test_normfactor_injection_agrees_with_the_yield_engines_reference():
     r = workspace_upper_limit(inject_signal(spec, signal), poi_bounds=(0.0, 50.0))
     np.testing.assert_allclose(r.observed, ref.upper_limit[0], rtol=1e-4)
     np.testing.assert_allclose(r.expected, ref.expected_limits[0], rtol=1e-4)
+
+
+def test_cli_limit_full_patch_and_normfactor_only(tmp_path):
+    """``surrogate-stats likelihood limit`` on a bare patch, and its bad input."""
+    import subprocess
+    import sys
+
+    from surrogate_stats.likelihood._workspace_limits import workspace_upper_limit
+
+    full = _with_signal(False)
+    bkg = {**_all_modifiers_spec(), "observations": full["observations"]}
+    ops = [{"op": "add", "path": f"/channels/{i}/samples/-", "value": ch["samples"][-1]}
+           for i, ch in enumerate(full["channels"])]
+    (tmp_path / "bkg.json").write_text(json.dumps(bkg))
+    (tmp_path / "patch.sig.json").write_text(json.dumps(ops))
+
+    def cli(*extra, ok=True):
+        out = subprocess.run([sys.executable, "-m", "surrogate_stats", "likelihood", "limit",
+                              str(tmp_path / "bkg.json"), "--patch",
+                              str(tmp_path / "patch.sig.json"), *extra],
+                             capture_output=True, text=True, timeout=600)
+        assert (out.returncode == 0) == ok, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1]) if ok else out.stderr
+
+    got = cli("--poi-bounds", "0,20")
+    want = workspace_upper_limit(full, poi_bounds=(0.0, 20.0))
+    assert got["patch"] == "sig" and got["poi"] == "mu_SIG" and got["converged"]
+    np.testing.assert_allclose([got["observed"], *got["expected"]],
+                               [want.observed, *want.expected], rtol=1e-6)
+    nf = cli("--poi-bounds", "0,20", "--normfactor-only")
+    assert nf["normfactor_only"] and nf["observed"] != pytest.approx(got["observed"], rel=1e-3)
+    assert "--poi-bounds must be 'lo,hi'" in cli("--poi-bounds", "zero", ok=False)
+    assert "poi_bounds must be (0, hi)" in cli("--poi-bounds", "1,20", ok=False)

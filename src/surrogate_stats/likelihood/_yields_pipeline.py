@@ -52,6 +52,11 @@ def analysis_signals(spec: dict, *, patchset=None, patches=()) -> tuple[list, li
                                    "of operations)")
         names.append(Path(path).stem.removeprefix("patch."))
         ops.append(data)
+    return names, ops, removed_channels(spec, ops)
+
+
+def removed_channels(spec: dict, ops: list) -> tuple:
+    """The channels of ``spec`` that every jsonpatch in ``ops`` (lists of operations) removes."""
     channel_names = [c["name"] for c in spec["channels"]]
     removed_sets = []
     for lst in ops:
@@ -65,8 +70,7 @@ def analysis_signals(spec: dict, *, patchset=None, patches=()) -> tuple[list, li
                     raise InvalidWorkspace(f"a patch removes {op['path']!r}, which is not a "
                                            "channel of the workspace") from None
         removed_sets.append(gone)
-    removed = tuple(c for c in channel_names if removed_sets and all(c in g for g in removed_sets))
-    return names, ops, removed
+    return tuple(c for c in channel_names if removed_sets and all(c in g for g in removed_sets))
 
 
 def _select(names, ops, wanted):
