@@ -30,6 +30,7 @@ import numpy as np
 from surrogate_stats._asymptotics import cls_values
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput, InvalidWorkspace
+from surrogate_stats.likelihood._yields_labels import _better
 
 __all__ = ["WorkspaceLimits", "workspace_upper_limit"]
 
@@ -89,10 +90,6 @@ class _PoiFits:
     def free(self, main, aux, start):
         res = self._call(self.free_fitter, None, main[None], aux[None], start[None])
         return float(res.nll[0]), float(res.theta[0, self.p]), bool(res.converged[0])
-
-
-def _better(nll, conv, new_nll, new_conv):
-    return new_conv & (~conv | (new_nll < nll - 1e-9))
 
 
 def _best(fits, mus, data, start_sets):
