@@ -1,7 +1,9 @@
 """Exact references for yield surrogates: -2 ln lambda and CLs upper limits from the engine.
 
 For a set of signals (per-bin yields, injected with a normalisation factor only) the engine
-computes, with fits continued along each signal's ray:
+computes, with fits continued along each signal's ray in both directions and restarted from
+pyhf's init and random points (the profile of a real workspace can have several local minima;
+the lowest converged -ln L is kept):
 
 * the bounded best fit (mu_hat >= 0) on the observed data;
 * -2 ln lambda(mu) on a mu grid for the observed data and pyhf's post-fit Asimov data;
@@ -80,13 +82,16 @@ def _z_expected(level: float = LEVEL) -> np.ndarray:
 
 
 def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
-                    level: float = LEVEL) -> ExactReference:
+                    level: float = LEVEL, n_starts: int = 8, seed: int = 0) -> ExactReference:
     """Exact -2 ln lambda on a grid and CLs limits for each signal (vectorised over signals).
 
     ``datasets``: name -> (main, aux) with at least ``observed`` and ``observed_asimov``.
     The grid of each signal runs from 0 to where both -2 ln lambda exceed ``tmu_cap`` (or
-    its limits are bracketed).
+    its limits are bracketed). Every grid fit is continued from both neighbours and started
+    from pyhf's init and ``n_starts`` random points (Gaussian-constrained parameters within
+    1.5 sigma, seeded by ``seed``); the lowest converged -ln L is kept.
     """
+    from surrogate_stats.likelihood._workspace_limits import _random_starts
     from surrogate_stats.likelihood._yields_labels import _better, _fit_points
 
     signals = np.atleast_2d(np.asarray(signals, dtype=float))
@@ -114,19 +119,37 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     grid = top[:, None] * np.linspace(0.0, 1.0, N_GRID)[None, :] ** 1.5
     nll = np.full((n, N_GRID, 2), np.inf)
     conv = np.zeros((n, N_GRID, 2), dtype=bool)
-    theta = np.empty((n, N_GRID, 2, m.n_pars))
-    start = np.broadcast_to(start0, (n,) + start0.shape)
-    for j in range(N_GRID):
-        nll[:, j], conv[:, j], theta[:, j] = _fit_points(fitter, signals * grid[:, j:j + 1],
-                                                         shared, names, start)
-        start = theta[:, j]
-    for j in range(N_GRID - 2, -1, -1):
-        f, c, th = _fit_points(fitter, signals * grid[:, j:j + 1], shared, names,
-                               theta[:, j + 1])
+    theta = np.array(np.broadcast_to(start0[None, None], (n, N_GRID, 2, m.n_pars)))
+
+    def keep(j, f, c, th):
+        """Keep the new fits at grid column ``j`` (a slice or index) where they are better."""
         take = _better(nll[:, j], conv[:, j], f, c)
         nll[:, j] = np.where(take, f, nll[:, j])
         conv[:, j] |= c
         theta[:, j] = np.where(take[..., None], th, theta[:, j])
+
+    def sweep(order, step):
+        for j in order:
+            keep(j, *_fit_points(fitter, signals * grid[:, j:j + 1], shared, names,
+                                 theta[:, j - step]))
+
+    start = np.broadcast_to(start0, (n,) + start0.shape)
+    keep(0, *_fit_points(fitter, signals * grid[:, :1], shared, names, start))
+    sweep(range(1, N_GRID), 1)
+    sweep(range(N_GRID - 2, -1, -1), -1)
+    # restarts: every grid point at once from pyhf's init and random points, then one more
+    # continuation in each direction carries a lower minimum found there to its neighbours
+    y_all = (signals[:, None, :] * grid[:, :, None]).reshape(n * N_GRID, -1)
+    starts = np.concatenate([np.asarray(m.init, float)[None],
+                             _random_starts(m, n_starts, seed)]) if n_starts else \
+        np.asarray(m.init, float)[None]
+    for s0 in starts:
+        f, c, th = _fit_points(fitter, y_all, shared, names,
+                               np.broadcast_to(s0, (n * N_GRID, 2, m.n_pars)))
+        keep(slice(None), f.reshape(n, N_GRID, 2), c.reshape(n, N_GRID, 2),
+             th.reshape(n, N_GRID, 2, m.n_pars))
+    sweep(range(1, N_GRID), 1)
+    sweep(range(N_GRID - 2, -1, -1), -1)
     # bounded best fit on the observed data, started from the best grid point
     k = np.argmin(nll[..., 0], axis=1)
     rows = np.arange(n)
@@ -139,9 +162,14 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     t_exp = np.maximum(2 * (nll[..., 1] - nll_zero[1]), 0.0)
 
     def q_at(mu_vals, j_near):
-        """(q_obs, q_asimov) at mu (n,), from the grid point j_near's parameters."""
-        st = theta[rows, j_near]
-        f, c, _ = _fit_points(fitter, signals * mu_vals[:, None], shared, names, st)
+        """(q_obs, q_asimov) at mu (n,), from the bracketing grid points' parameters."""
+        y_mu = signals * mu_vals[:, None]
+        f, c, _ = _fit_points(fitter, y_mu, shared, names, theta[rows, j_near])
+        others = [theta[rows, j_near - 1], np.broadcast_to(starts[0], (n, 2, m.n_pars))]
+        for st in others:
+            f2, c2, _ = _fit_points(fitter, y_mu, shared, names, st)
+            take = _better(f, c, f2, c2)
+            f, c = np.where(take, f2, f), c | c2
         q_o = np.where(mu_vals >= mu_hat, np.maximum(2 * (f[:, 0] - nll_hat), 0.0), 0.0)
         q_a = np.maximum(2 * (f[:, 1] - nll_zero[1]), 0.0)
         return q_o, q_a, c.all(axis=1)
