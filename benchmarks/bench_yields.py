@@ -282,8 +282,9 @@ def injected_patches(spec, folder: Path, n=8, seed=0):
     return paths
 
 
-def bench_surrogate(name, info, out_dir: Path, quiet):
+def bench_surrogate(name, info, out_dir: Path, quiet, ensemble=1):
     from surrogate_stats.likelihood._yields_pipeline import load_background, train_yields
+    from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig
 
     patches = info["patches"]
     if patches == "injected":
@@ -293,10 +294,11 @@ def bench_surrogate(name, info, out_dir: Path, quiet):
     t = time.perf_counter()
     _, meta = train_yields(info["bkg"], out_dir / name, patchset=info["patchset"],
                            patches=patches, progress=not quiet,
+                           surrogate=YieldSurrogateConfig(ensemble=ensemble),
                            log=(lambda *a: None) if quiet else print)
     total = time.perf_counter() - t
     v = meta["validation"]
-    return {"analysis": name, "seen_in_development": info["seen"],
+    return {"analysis": name, "seen_in_development": info["seen"], "ensemble": ensemble,
             "seconds_total": total, "seconds_labels": meta["labels"]["seconds"]["total"],
             "seconds_training": meta["training"]["seconds"],
             "n_label_points": meta["labels"]["n_points"],
@@ -371,7 +373,10 @@ def write(results, stem="yields"):
                              f"{c['cls_median_at_engine_median']:.5f} |")
         lines.append("")
     if merged.get("surrogate"):
-        lines += ["## Surrogates with default settings, on the analyses' own signal points\n",
+        ens = sorted({r.get("ensemble", 1) for r in merged["surrogate"]})
+        title = ("default settings" if ens == [1] else
+                 f"default settings except an ensemble of {', '.join(map(str, ens))} networks")
+        lines += [f"## Surrogates with {title}, on the analyses' own signal points\n",
                   "| analysis | seen in development | signals | total s (labels, training) "
                   "| max abs d tmu obs (exact<=9) | exp | max UL obs rel | max UL median exp rel |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -399,7 +404,11 @@ def main(argv=None):
                     help="signal patches per analysis for the normfactor part (0: all)")
     ap.add_argument("--pyhf-checks", type=int, default=2,
                     help="patches per analysis whose engine limits pyhf's hypotest checks")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="surrogate part: networks per surrogate; N > 1 writes "
+                         "results/yields_ensembleN.{json,md}")
     args = ap.parse_args(argv)
+    stem = "yields" if args.ensemble == 1 else f"yields_ensemble{args.ensemble}"
     parts = args.parts.split(",")
     wanted = args.analyses.split(",")
     results = {"machine": f"{platform.processor() or platform.machine()}, "
@@ -422,15 +431,15 @@ def main(argv=None):
     if "surrogate" in parts:
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_yields_"))
         old = {}
-        path = RESULTS / "yields.json"
+        path = RESULTS / f"{stem}.json"
         if path.exists():
             old = {r["analysis"]: r for r in json.loads(path.read_text()).get("surrogate", [])}
         for n in wanted:
             if ana[n]["bkg"].exists():
-                old[n] = bench_surrogate(n, ana[n], out, args.quiet)
-                write({**results, "surrogate": list(old.values())})
+                old[n] = bench_surrogate(n, ana[n], out, args.quiet, args.ensemble)
+                write({**results, "surrogate": list(old.values())}, stem)
         results["surrogate"] = list(old.values())
-    write(results)
+    write(results, stem)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,98 @@ def test_labels_are_exact_fits(tiny_labels, sbottom_model):
     assert np.all(labels.tmu_observed[labels.usable & np.isfinite(labels.tmu_observed)] >= 0)
 
 
+def test_gradient_labels_are_derivatives_of_the_profiled_nll(tiny_labels, sbottom_model):
+    """Each label's gradient (envelope theorem) matches central differences of refits."""
+    from surrogate_stats.likelihood._vfit import VectorFitter
+    from surrogate_stats.likelihood._yields_labels import DATASETS
+
+    labels, _ = tiny_labels
+    n_bins = labels.y.shape[1]
+    assert labels.gradient.shape == (len(labels.y), 4, n_bins)
+    np.testing.assert_allclose(labels.gradient[:, 1], labels.gradient[:, 3])
+    rng = np.random.default_rng(1)
+    idx = rng.choice(np.flatnonzero(labels.usable & (labels.y.min(axis=1) > 0)), 8,
+                     replace=False)
+    fitter = VectorFitter(sbottom_model, chunk=16)
+    checked = 0
+    for d, name in enumerate(DATASETS[:3]):
+        main, aux = labels.datasets[name]
+        # refit from pyhf's init; where that lands in the labels' minimum (the likelihood can
+        # have several), differentiate it by refits started there
+        ref = fitter.fit(labels.y[idx], main, aux, mu=np.ones(idx.size))
+        same = ref.converged & (np.abs(ref.nll - labels.nll[idx, d]) < 1e-7)
+        for i, theta in zip(idx[same][:2], ref.theta[same][:2]):
+            h = 1e-3 * labels.scale
+            y = labels.y[i][None] + np.concatenate([np.diag(h), -np.diag(h)])
+            res = fitter.fit(y, main, aux, mu=np.ones(len(y)),
+                             init=np.repeat(theta[None], len(y), axis=0))
+            assert res.converged.all()
+            fd = (res.nll[:n_bins] - res.nll[n_bins:]) / (2 * h)
+            # in -ln L per one-sigma yield
+            np.testing.assert_allclose(labels.gradient[i, d] * labels.scale, fd * labels.scale,
+                                       rtol=1e-4, atol=1e-5)
+            checked += 1
+    assert checked >= 4
+
+
+def test_baseline_radial_derivative(tiny_labels):
+    """``YieldBaseline.radial`` is d/dt base(t y) at t = 1 (central differences)."""
+    from surrogate_stats.likelihood._yields_surrogate import YieldBaseline
+
+    labels, _ = tiny_labels
+    base = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
+    y = labels.y[labels.usable][:20]
+    h = 1e-5
+    fd = (base(y * (1 + h)) - base(y * (1 - h))) / (2 * h)
+    np.testing.assert_allclose(base.radial(y), fd, rtol=1e-6, atol=1e-8)
+    assert np.all(YieldBaseline.zero(4, y.shape[1]).radial(y) == 0)
+
+
+def test_gradient_term_fits_the_radial_derivative(tiny_labels, sbottom_model):
+    """With ``gradient_weight`` the network follows d/dmu nll(mu s) better than without."""
+    import jax
+
+    from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig, fit_yield_surrogate
+    from surrogate_stats.train import TrainConfig
+
+    labels, _ = tiny_labels
+    use = labels.usable & (labels.tmu_observed <= 9)
+    y = labels.y[use]
+    want = np.einsum("nb,ndb->nd", y, labels.gradient[use])
+    errors = []
+    for gw in (0.0, 1.0):
+        cfg = YieldSurrogateConfig(hidden=(16, 16), gradient_weight=gw, train=TrainConfig(
+            learning_rate=3e-3, steps=750, chunk=250, patience=3, polish_steps=0))
+        sur, _ = fit_yield_surrogate(jax.random.key(0), labels, config=cfg, progress=False,
+                                     bins=sbottom_model.bins)
+        h = 1e-5
+        radial = (sur.delta_nll(y * (1 + h)) - sur.delta_nll(y * (1 - h))) / (2 * h)
+        errors.append(np.sqrt(np.mean((radial - want) ** 2)))
+    assert errors[1] < 0.7 * errors[0]
+
+
+def test_merged_ensemble_is_the_mean_of_its_members():
+    from surrogate_stats.likelihood._yields_surrogate import YieldNetwork
+    from surrogate_stats.likelihood._yields_train import merge_ensemble
+
+    rng = np.random.default_rng(3)
+    sizes = [6, 5, 7, 4]
+    members = [[(rng.normal(size=(a, b)), rng.normal(size=b)) for a, b in
+                zip(sizes[:-1], sizes[1:])] for _ in range(3)]
+
+    def net(layers):
+        return YieldNetwork(layers=tuple(layers), scale=np.ones(3), mean=np.zeros(6),
+                            std=np.ones(6), out_scale=np.full(4, 2.0))
+
+    z = rng.normal(size=(10, 6))
+    want = np.mean([net(m).raw(z) for m in members], axis=0)
+    merged = merge_ensemble(members)
+    assert merged[1][0].shape == (15, 21)
+    np.testing.assert_allclose(net(merged).raw(z), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(InvalidInput, match="same number of layers"):
+        merge_ensemble([members[0], members[1][:2]])
+
+
 def test_ray_minima_are_observed_best_fits(tiny_labels, sbottom_model):
     """The extra training points at each ray's best fit carry that fit's exact -ln L."""
     from surrogate_stats.likelihood._vfit import VectorFitter
@@ -107,7 +199,9 @@ def test_ray_minima_are_observed_best_fits(tiny_labels, sbottom_model):
 
 
 @pytest.mark.parametrize("bad", [{"baseline": "poisson"}, {"hidden": ()}, {"hidden": (8, 0)},
-                                 {"val_fraction": 0.7}])
+                                 {"val_fraction": 0.7}, {"gradient_weight": -1.0},
+                                 {"gradient_weight": float("nan")}, {"ensemble": 0},
+                                 {"ensemble": 1.5}])
 def test_bad_yield_surrogate_config_is_refused(bad):
     from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig
 

@@ -32,6 +32,9 @@ def register_likelihood(lsub) -> None:
                     help="random-walk points in the -2 ln lambda <= 25 region (1200)")
     tr.add_argument("--max-steps", type=int, default=None, help="optimiser steps (12000)")
     tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 64,64,64")
+    tr.add_argument("--ensemble", type=int, default=None,
+                    help="networks averaged into the published one (1; N trains N times as "
+                         "long)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--keep-labels", action="store_true",
                     help="keep the label store OUT.labels after success")
@@ -91,6 +94,8 @@ def _train_yields(args) -> int:
     surrogate = YieldSurrogateConfig()
     if args.max_steps is not None:
         surrogate = replace(surrogate, train=replace(surrogate.train, steps=args.max_steps))
+    if args.ensemble is not None:
+        surrogate = replace(surrogate, ensemble=args.ensemble)
     if args.hidden:
         try:
             surrogate = replace(surrogate, hidden=tuple(int(h) for h in _csv(args.hidden)))

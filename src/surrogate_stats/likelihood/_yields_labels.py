@@ -39,7 +39,7 @@ __all__ = ["DATASETS", "YieldLabelConfig", "YieldLabels", "generate_yield_labels
            "reference_datasets"]
 
 DATASETS = ("observed", "apriori", "observed_asimov", "apriori_asimov")
-LABEL_VERSION = 2  # bump when the labelling changes what a stored chunk means
+LABEL_VERSION = 3  # bump when the labelling changes what a stored chunk means
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,9 @@ class YieldLabels:
         gradient0, information0: (4, B) and (4, B, B) exact gradient and profiled Hessian of
             each data set's -ln L in the signal yields at zero signal.
         info: counts, timings, config.
+        gradient: (N, 4, B) exact gradient of each point's profiled -ln L in the signal
+            yields, ``1 - n / lambda`` at the fitted parameters (envelope theorem), or None
+            for labels made without it.
     """
 
     y: np.ndarray
@@ -124,6 +127,7 @@ class YieldLabels:
     gradient0: np.ndarray
     information0: np.ndarray
     info: dict = field(default_factory=dict)
+    gradient: np.ndarray | None = None
 
     @property
     def usable(self) -> np.ndarray:
@@ -229,6 +233,29 @@ def _complete(nll, conv, shared):
         return nll, conv
     return (np.concatenate([nll, nll[..., 1:2]], axis=-1),
             np.concatenate([conv, conv[..., 1:2]], axis=-1))
+
+
+def _complete_gradient(grad, shared):
+    """(…, 3, B) gradients -> (…, 4, B), as :func:`_complete` does for -ln L."""
+    if not shared["same_apriori_asimov"]:
+        return grad
+    return np.concatenate([grad, grad[..., 1:2, :]], axis=-2)
+
+
+def _gradients(model, y, theta, shared, names):
+    """Exact gradient of the profiled -ln L in the signal yields at fitted parameters.
+
+    The signal enters the Poisson means only, ``lambda = b(theta) + y``, so by the envelope
+    theorem ``d min_theta(-ln L) / dy = 1 - n / lambda`` at the fit (bounds active or not).
+    ``y`` (n, B), ``theta`` (n, k, P) for the ``k`` named data sets; returns (n, k, B).
+    """
+    jax = optional_import("jax")
+    n, k, p = theta.shape
+    main, _ = _data(shared, names)
+    with jax.enable_x64(True):
+        b = np.asarray(jax.vmap(model.background)(jax.numpy.asarray(theta.reshape(n * k, p))))
+    lam = b.reshape(n, k, -1) + y[:, None, :]
+    return 1.0 - main[None] / np.maximum(lam, 1e-300)
 
 
 def _fit_points(fitter, y, shared, names, start):
@@ -342,10 +369,13 @@ def label_rays(shared: dict, task: dict) -> dict:
     t_obs_pts = np.where(mus.reshape(-1) > mu_hat, 2.0 * (nll4[:, 0] - free.nll[ray]), 0.0)
     t_obs_pts = np.where(free.converged[ray], np.maximum(t_obs_pts, 0.0), np.nan)
     y = (shapes[:, None, :] * mus[:, :, None]).reshape(-1, model.n_bins)
+    theta_pts = theta.reshape(n * n_mu, len(names), -1)
+    grad = _complete_gradient(_gradients(model, y, theta_pts, shared, names), shared)
     return {"y": y, "nll": nll4, "converged": conv4, "ray": ray + int(task["start"]),
+            "gradient": grad,
             "tmu_observed": t_obs_pts, "shapes": shapes, "mu_hat": free.mu,
             "nll_hat": free.nll, "mu_max": mu_max,
-            "theta": theta.reshape(n * n_mu, len(names), -1)}
+            "theta": theta_pts}
 
 
 def label_walk(shared: dict, task: dict) -> dict:
@@ -361,7 +391,7 @@ def label_walk(shared: dict, task: dict) -> dict:
     scale = np.asarray(shared["scale"], dtype=float)
     limit = float(shared["walk_tmu"])
     names = _names(shared)
-    out_y, out_nll, out_conv, out_t = [], [], [], []
+    out_y, out_nll, out_conv, out_t, out_g = [], [], [], [], []
     for _ in range(int(shared["walk_steps"])):
         prop = y * np.exp(rng.normal(0.0, 0.35, size=y.shape))
         kick = rng.uniform(size=y.shape) < 0.15
@@ -376,14 +406,18 @@ def label_walk(shared: dict, task: dict) -> dict:
             out_nll.append(n4)
             out_conv.append(c4)
             out_t.append(np.maximum(t[ok], 0.0))
+            out_g.append(_complete_gradient(_gradients(model, prop[ok], th[ok], shared, names),
+                                            shared))
         y = np.where(ok[:, None], prop, y)
         theta = np.where(ok[:, None, None], th, theta)
     if not out_y:
         b = model.n_bins
         return {"y": np.zeros((0, b)), "nll": np.zeros((0, 4)),
-                "converged": np.zeros((0, 4), bool), "tmu_observed": np.zeros(0)}
+                "converged": np.zeros((0, 4), bool), "tmu_observed": np.zeros(0),
+                "gradient": np.zeros((0, 4, b))}
     return {"y": np.concatenate(out_y), "nll": np.concatenate(out_nll),
-            "converged": np.concatenate(out_conv), "tmu_observed": np.concatenate(out_t)}
+            "converged": np.concatenate(out_conv), "tmu_observed": np.concatenate(out_t),
+            "gradient": np.concatenate(out_g)}
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -458,7 +492,7 @@ def generate_yield_labels(spec: dict, *, remove_channels=(), config: YieldLabelC
         t_rays = time.perf_counter() - t1
         cat = {k: np.concatenate([p[k] for p in parts]) for k in
                ("y", "nll", "converged", "ray", "tmu_observed", "shapes", "mu_hat", "nll_hat",
-                "theta")}
+                "theta", "gradient")}
         walk_parts = []
         t_walk = 0.0
         if config.walkers:
@@ -494,7 +528,8 @@ def generate_yield_labels(spec: dict, *, remove_channels=(), config: YieldLabelC
         nll0=np.asarray(nll0), tmu_observed=np.concatenate(tmu),
         scale=scale, information=information, datasets=datasets, ray_shapes=cat["shapes"],
         ray_mu_hat=cat["mu_hat"], ray_nll_hat=cat["nll_hat"], gradient0=grad0,
-        information0=info0)
+        information0=info0,
+        gradient=np.concatenate([cat["gradient"]] + [p["gradient"] for p in walk_parts]))
     n = len(labels.y)
     labels.info = {
         "config": asdict(config), "n_points": int(n), "n_rays": int(len(cat["shapes"])),

@@ -62,6 +62,13 @@ class YieldBaseline:
         quad = 0.5 * np.einsum("nb,dbc,nc->nd", y, self.quad, y)
         return pois + y @ self.lin.T + quad
 
+    def radial(self, y: np.ndarray) -> np.ndarray:
+        """``y . grad base_d(y)`` (N, 4): the derivative along each point's signal ray."""
+        ratio = np.maximum(y[:, None, :] / self.b[None], -0.999999)
+        pois = np.sum(self.c[None] * y[:, None, :] * (1.0 - self.n[None] / (self.b[None] * (
+            1.0 + ratio))), axis=2)
+        return pois + y @ self.lin.T + np.einsum("nb,dbc,nc->nd", y, self.quad, y)
+
     @classmethod
     def zero(cls, n_datasets: int, n_bins: int) -> YieldBaseline:
         """The baseline that is identically zero."""

@@ -33,6 +33,14 @@ class YieldSurrogateConfig:
         ray_minima: also fit each ray's best fit on the observed data (its yields and
             -ln L(mu_hat), observed output only). Where the data have an excess, these points
             mark the bottom of the observed valley that -2 ln lambda is measured from.
+        gradient_weight: weight of the derivative term of the loss (0: values only). Each
+            label carries the exact gradient of its profiled -ln L in the yields; the network
+            is also fitted to the derivative along the point's signal ray,
+            ``d/dmu nll(mu s) = s . grad``, which is what -2 ln lambda along a ray integrates.
+        ensemble: networks trained from different initialisations on the same split and
+            averaged. The average is itself one tanh MLP (the members side by side, block-
+            diagonal hidden weights, the output layer divided by their number), so the artifact
+            and its ONNX graph keep their form; training takes ``ensemble`` times as long.
         train: the optimiser settings (:class:`surrogate_stats.train.TrainConfig`).
     """
 
@@ -41,6 +49,8 @@ class YieldSurrogateConfig:
     tmu_core: float = 9.0
     baseline: str = "none"
     ray_minima: bool = False
+    gradient_weight: float = 0.0
+    ensemble: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         learning_rate=3e-3, steps=12000, chunk=250, patience=12, polish_steps=300))
 
@@ -50,6 +60,11 @@ class YieldSurrogateConfig:
         if self.baseline not in ("effective_poisson", "none"):
             raise InvalidInput(f"baseline must be 'effective_poisson' or 'none'; got "
                                f"{self.baseline!r}")
+        if not (self.gradient_weight >= 0 and np.isfinite(self.gradient_weight)):
+            raise InvalidInput(f"gradient_weight must be a finite number >= 0; got "
+                               f"{self.gradient_weight}")
+        if int(self.ensemble) != self.ensemble or self.ensemble < 1:
+            raise InvalidInput(f"ensemble must be an integer >= 1; got {self.ensemble}")
         if not 0 < self.val_fraction < 0.5:
             raise InvalidInput(f"val_fraction must be in (0, 0.5); got {self.val_fraction}")
 
@@ -75,6 +90,37 @@ def _apply(layers, z):
     return h @ w + b
 
 
+def merge_ensemble(members) -> tuple:
+    """One MLP whose output is the mean of the members' outputs (same input and depth).
+
+    ``members``: a list of layer lists ``[(W, b), ...]``. The first layers are put side by
+    side, the hidden ones block-diagonally, the output layers stacked and divided by the
+    number of members.
+    """
+    k = len(members)
+    depth = len(members[0])
+    if any(len(m) != depth for m in members):
+        raise InvalidInput("ensemble members must have the same number of layers")
+    out = []
+    for i in range(depth):
+        ws = [np.asarray(m[i][0]) for m in members]
+        bs = [np.asarray(m[i][1]) for m in members]
+        if i == 0 and depth > 1:
+            w = np.concatenate(ws, axis=1)
+        elif i == depth - 1:
+            w = (np.concatenate(ws, axis=0) if depth > 1 else sum(ws)) / k
+        else:
+            rows, cols = sum(a.shape[0] for a in ws), sum(a.shape[1] for a in ws)
+            w = np.zeros((rows, cols))
+            r = c = 0
+            for a in ws:
+                w[r:r + a.shape[0], c:c + a.shape[1]] = a
+                r, c = r + a.shape[0], c + a.shape[1]
+        b = sum(bs) / k if i == depth - 1 else np.concatenate(bs)
+        out.append((w, b))
+    return tuple(out)
+
+
 def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfig | None = None,
                         progress: bool = True, bins=None, prefit=None
                         ) -> tuple[YieldLikelihoodSurrogate, dict]:
@@ -97,6 +143,11 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     else:
         baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
     g = labels.nll[use] - labels.nll0[None, :]
+    use_gradient = config.gradient_weight > 0 and labels.gradient is not None
+    # the derivative along each point's ray, y . grad (N, 4), in -ln L
+    r = (np.einsum("nb,ndb->nd", y, labels.gradient[use]) if use_gradient
+         else np.zeros_like(g))
+    mask_r = np.full_like(g, 1.0 if use_gradient else 0.0)
     tmu = np.nan_to_num(labels.tmu_observed[use], nan=config.tmu_core)
     t_d = _tmu_per_dataset(tmu, g)
     mask = np.ones_like(g)
@@ -111,40 +162,64 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
             m_hat[:, DATASETS.index("observed")] = 1.0
             mask = np.concatenate([mask, m_hat])
             t_d = np.concatenate([t_d, np.zeros_like(m_hat)])
+            r = np.concatenate([r, np.zeros_like(m_hat)])
+            mask_r = np.concatenate([mask_r, np.zeros_like(m_hat)])
     resid = g - baseline(y)
+    resid_r = (r - baseline.radial(y)) * mask_r
     scale = labels.scale
     u = y / scale
     feats = np.concatenate([u, np.log1p(u)], axis=1)
     mean, std = feats.mean(0), np.maximum(feats.std(0), 1e-6)
-    z = (feats - mean) / std
     z0 = (np.concatenate([np.zeros(len(scale)), np.zeros(len(scale))]) - mean) / std
     out_scale = np.maximum(resid[:n_points].std(0), 1e-3)
     target = resid / out_scale
+    target_r = resid_r / out_scale
     core = config.tmu_core
     w = mask * np.where(t_d <= core, 1.0, (core / np.maximum(t_d, 1e-12)) ** 2)
     w = w * (out_scale[None, :] ** 2)  # the loss is in units of -ln L
-    w = w / w.mean()
+    w_r = w * mask_r * config.gradient_weight
+    norm = w.mean()
+    w, w_r = w / norm, w_r / norm
     k_split, k_init, k_fit = jax.random.split(key, 3)
     # the split is drawn over the labelled points alone; the ray minima only ever train
     tr, va = split_indices(k_split, n_points, config.val_fraction)
     tr = np.concatenate([tr, np.arange(n_points, len(y))])
-    sizes = [z.shape[1]] + [int(h) for h in config.hidden] + [len(DATASETS)]
+    sizes = [feats.shape[1]] + [int(h) for h in config.hidden] + [len(DATASETS)]
     with jax.enable_x64(True):
         jnp = jax.numpy
         z0j = jnp.asarray(z0)[None, :]
+        meanj, stdj = jnp.asarray(mean), jnp.asarray(std)
+
+        def net_u(layers, uu):
+            return _apply(layers, (jnp.concatenate([uu, jnp.log1p(uu)], axis=1) - meanj) / stdj)
 
         def loss_fn(layers, batch):
-            zz, tt, ww = batch
-            pred = _apply(layers, zz) - _apply(layers, z0j)
-            return jnp.mean(ww * (pred - tt) ** 2)
+            uu, tt, ww, tr_, wr = batch
+            if not use_gradient:
+                pred = net_u(layers, uu) - _apply(layers, z0j)
+                return jnp.mean(ww * (pred - tt) ** 2)
+            # the network is row-wise: a jvp with tangent u is each row's u . grad_u
+            out, radial = jax.jvp(lambda v: net_u(layers, v), (uu,), (uu,))
+            pred = out - _apply(layers, z0j)
+            return jnp.mean(ww * (pred - tt) ** 2 + wr * (radial - tr_) ** 2)
 
         def part(idx):
-            return jnp.asarray(z[idx]), jnp.asarray(target[idx]), jnp.asarray(w[idx])
+            return tuple(jnp.asarray(a[idx]) for a in (u, target, w, target_r, w_r))
 
-        layers = _init(k_init, sizes)
-        layers, history = fit(k_fit, layers, loss_fn, part(tr), part(va), config=config.train,
-                              progress=progress, desc="training (yields)")
-        layers = tuple((np.asarray(a), np.asarray(b)) for a, b in layers)
+        members, histories = [], []
+        n_members = int(config.ensemble)
+        for m, (k_i, k_f) in enumerate(zip(jax.random.split(k_init, n_members),
+                                           jax.random.split(k_fit, n_members))):
+            if n_members == 1:  # the single-network run keeps its historical keys
+                k_i, k_f = k_init, k_fit
+            desc = "training (yields)" if n_members == 1 else \
+                f"training (yields, {m + 1}/{n_members})"
+            layers, history = fit(k_f, _init(k_i, sizes), loss_fn, part(tr), part(va),
+                                  config=config.train, progress=progress, desc=desc)
+            members.append([(np.asarray(a), np.asarray(b)) for a, b in layers])
+            histories.append(history.as_dict())
+        layers = merge_ensemble(members) if n_members > 1 else tuple(
+            (a, b) for a, b in members[0])
     net = YieldNetwork(layers=layers, scale=np.asarray(scale, float), mean=mean, std=std,
                        out_scale=out_scale)
     n_bins = len(scale)
@@ -158,7 +233,10 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
     err = np.abs(pred - g)
     held = va
     metrics = {
-        "history": history.as_dict(), "n_train": int(tr.size), "n_val": int(va.size),
+        "history": histories[0] if len(histories) == 1 else {
+            "members": histories,
+            "best_val_loss": [h["best_val_loss"] for h in histories]},
+        "n_train": int(tr.size), "n_val": int(va.size),
         "config": _jsonable(asdict(config)),
         "heldout": {
             d: {"rms_dnll": float(np.sqrt(np.mean(err[held, i] ** 2))),
