@@ -182,6 +182,28 @@ def test_merged_ensemble_is_the_mean_of_its_members():
         merge_ensemble([members[0], members[1][:2]])
 
 
+def test_ensemble_artifact_has_onnx_parity(tiny_labels, sbottom_model, tmp_path):
+    """An ensemble is published as one network: the ONNX graph equals the numpy path."""
+    import jax
+
+    from surrogate_stats.likelihood._yields_export import save_yield_surrogate
+    from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig, fit_yield_surrogate
+    from surrogate_stats.train import TrainConfig
+
+    labels, _ = tiny_labels
+    cfg = YieldSurrogateConfig(hidden=(8, 8), ensemble=2, train=TrainConfig(
+        steps=250, chunk=250, patience=1, polish_steps=0))
+    sur, metrics = fit_yield_surrogate(jax.random.key(0), labels, config=cfg, progress=False,
+                                       bins=sbottom_model.bins)
+    assert len(metrics["history"]["members"]) == 2
+    assert [w.shape for w, _ in sur._net.layers] == [(12, 16), (16, 16), (16, 4)]
+    save_yield_surrogate(sur, tmp_path / "ens", metadata={"training": metrics})
+    s = load_surrogate(tmp_path / "ens")
+    y = np.random.default_rng(11).uniform(0, 1, (100, s.n_bins)) * s.y_max
+    got = s._session.run(["delta_nll"], {"yields": y})[0]
+    np.testing.assert_allclose(got, sur.delta_nll(y), rtol=1e-9, atol=1e-9)
+
+
 def test_ray_minima_are_observed_best_fits(tiny_labels, sbottom_model):
     """The extra training points at each ray's best fit carry that fit's exact -ln L."""
     from surrogate_stats.likelihood._vfit import VectorFitter
