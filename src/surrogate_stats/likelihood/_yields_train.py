@@ -206,20 +206,19 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
         def part(idx):
             return tuple(jnp.asarray(a[idx]) for a in (u, target, w, target_r, w_r))
 
-        members, histories = [], []
         n_members = int(config.ensemble)
-        for m, (k_i, k_f) in enumerate(zip(jax.random.split(k_init, n_members),
-                                           jax.random.split(k_fit, n_members))):
-            if n_members == 1:  # the single-network run keeps its historical keys
-                k_i, k_f = k_init, k_fit
+        # a single network keeps the keys it always had
+        keys = [(k_init, k_fit)] if n_members == 1 else list(zip(
+            jax.random.split(k_init, n_members), jax.random.split(k_fit, n_members)))
+        members, histories = [], []
+        for m, (k_i, k_f) in enumerate(keys):
             desc = "training (yields)" if n_members == 1 else \
                 f"training (yields, {m + 1}/{n_members})"
             layers, history = fit(k_f, _init(k_i, sizes), loss_fn, part(tr), part(va),
                                   config=config.train, progress=progress, desc=desc)
             members.append([(np.asarray(a), np.asarray(b)) for a, b in layers])
             histories.append(history.as_dict())
-        layers = merge_ensemble(members) if n_members > 1 else tuple(
-            (a, b) for a, b in members[0])
+        layers = merge_ensemble(members)  # one member: its own layers
     net = YieldNetwork(layers=layers, scale=np.asarray(scale, float), mean=mean, std=std,
                        out_scale=out_scale)
     n_bins = len(scale)

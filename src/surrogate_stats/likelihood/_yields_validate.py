@@ -140,9 +140,7 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     # restarts: every grid point at once from pyhf's init and random points, then one more
     # continuation in each direction carries a lower minimum found there to its neighbours
     y_all = (signals[:, None, :] * grid[:, :, None]).reshape(n * N_GRID, -1)
-    starts = np.concatenate([np.asarray(m.init, float)[None],
-                             _random_starts(m, n_starts, seed)]) if n_starts else \
-        np.asarray(m.init, float)[None]
+    starts = np.concatenate([np.asarray(m.init, float)[None], _random_starts(m, n_starts, seed)])
     for s0 in starts:
         f, c, th = _fit_points(fitter, y_all, shared, names,
                                np.broadcast_to(s0, (n * N_GRID, 2, m.n_pars)))
