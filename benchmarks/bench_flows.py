@@ -37,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--ema-decay", type=float, default=None,
+                    help="moving average of the parameters (default: FlowTrainConfig's)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -56,7 +58,8 @@ def main(argv=None):
     td, tcd = photon_toy(args.n_test, sample="data", seed=2)
     config = CorrectionConfig(n_layers=args.layers, train=FlowTrainConfig(
         max_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        **({} if args.patience is None else {"patience": args.patience})))
+        **({} if args.patience is None else {"patience": args.patience}),
+        **({} if args.ema_decay is None else {"ema_decay": args.ema_decay})))
     t0 = time.perf_counter()
     cf = CorrectionFlow.fit(jax.random.key(0), mc=xm, data=xd, mc_conditions=cm,
                             data_conditions=cd, variables=VARIABLES, conditions=CONDITIONS,

@@ -28,6 +28,8 @@ class FlowTrainConfig:
         val_fraction: share of the events held out for validation.
         clip_norm: gradient-norm clipping.
         weight_decay: AdamW weight decay.
+        ema_decay: per-step decay of the moving average of the parameters that is validated
+            and returned (0: the raw parameters); see :class:`MinibatchConfig`.
     """
 
     learning_rate: float = 1e-3
@@ -37,6 +39,7 @@ class FlowTrainConfig:
     val_fraction: float = 0.1
     clip_norm: float = 5.0
     weight_decay: float = 0.0
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 0.9:

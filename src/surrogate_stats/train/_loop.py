@@ -193,6 +193,10 @@ class MinibatchConfig:
         patience: stop after this many epochs without a better validation loss.
         clip_norm: global gradient-norm clipping.
         weight_decay: AdamW decoupled weight decay.
+        ema_decay: 0 to validate and return the raw parameters; otherwise the decay per step
+            of an exponential moving average of the parameters (Polyak averaging), which is
+            what is validated, early-stopped on and returned (e.g. 0.999: an average over
+            about the last thousand steps).
     """
 
     learning_rate: float = 1e-3
@@ -201,6 +205,7 @@ class MinibatchConfig:
     patience: int = 6
     clip_norm: float = 5.0
     weight_decay: float = 0.0
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         for name in ("batch_size", "max_epochs", "patience"):
@@ -213,6 +218,8 @@ class MinibatchConfig:
                 raise InvalidInput(f"MinibatchConfig.{name} must be positive; got {v}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise InvalidInput(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if not 0 <= self.ema_decay < 1:
+            raise InvalidInput(f"ema_decay must be in [0, 1); got {self.ema_decay}")
 
 
 def fit_minibatch(
@@ -252,19 +259,23 @@ def fit_minibatch(
     state = opt.init(params)
     train_data = jax.tree_util.tree_map(jnp.asarray, train_data)
 
+    decay = config.ema_decay
+
     @jax.jit
-    def epoch(params, state, key):
+    def epoch(params, state, avg, key):
         perm = jax.random.permutation(key, n)[: steps_per_epoch * bs].reshape(
             steps_per_epoch, bs)
 
         def step(carry, idx):
-            p, s = carry
+            p, s, a = carry
             batch = jax.tree_util.tree_map(lambda a: a[idx], train_data)
             loss, grads = jax.value_and_grad(loss_fn)(p, batch)
             updates, s = opt.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), loss
-        (params, state), losses = jax.lax.scan(step, (params, state), perm)
-        return params, state, jnp.mean(losses)
+            p = optax.apply_updates(p, updates)
+            a = jax.tree_util.tree_map(lambda m, q: decay * m + (1 - decay) * q, a, p)
+            return (p, s, a), loss
+        (params, state, avg), losses = jax.lax.scan(step, (params, state, avg), perm)
+        return params, state, avg, jnp.mean(losses)
 
     val_loss_jit = jax.jit(loss_fn)
     n_val = len(jax.tree_util.tree_leaves(val_data)[0])
@@ -279,13 +290,15 @@ def fit_minibatch(
 
     history = TrainHistory([], [], 0, False)
     best, best_val, since = params, math.inf, 0
+    avg = params
     with tqdm(total=config.max_epochs, desc=desc, unit="epoch", disable=not progress,
               leave=False) as bar:
         for i in range(config.max_epochs):
             key, sub = jax.random.split(key)
-            params, state, tl = epoch(params, state, sub)
+            params, state, avg, tl = epoch(params, state, avg, sub)
             tl = float(tl)
-            vl = val_loss(params)
+            current = avg if decay > 0 else params
+            vl = val_loss(current)
             history.train_loss.append(tl)
             history.val_loss.append(vl)
             bar.update(1)
@@ -293,7 +306,7 @@ def fit_minibatch(
             if not (math.isfinite(tl) and math.isfinite(vl)):
                 break
             if not math.isfinite(best_val) or vl < best_val - 1e-4 * max(1.0, abs(best_val)):
-                best, best_val, since = params, vl, 0
+                best, best_val, since = current, vl, 0
                 history.best_step = (i + 1) * steps_per_epoch
             else:
                 since += 1
