@@ -355,3 +355,36 @@ def test_flow_in_compare_reports_bin_and_event_coverage():
     assert np.all(np.isfinite(errors)) and np.all(errors >= 0)
     assert np.all(errors[probs > 0.01] > 0), (probs, errors)
     assert "per-event coverage 68%" in rep.table()
+
+
+def test_flow_ensemble_averages_members_and_adds_their_spread():
+    import jax
+
+    from surrogate_stats.unfold import FlowMethod
+
+    ud = get_toy("gaussian").make(3, n_sim=3000, n_data=1500)
+    edges = [np.linspace(-3, 3, 9)]
+    key = jax.random.key(1)
+    ens = FlowMethod(config=TINY, n_samples=6, n_bootstrap=10, n_ensemble=2)
+    r = ens(key, ud, edges=edges)
+    members = ens.unfolders(jax.random.split(key, 3)[0], ud.sim)
+    assert len(members) == 2 and r.info["n_ensemble"] == 2
+    # each member was trained on its own bootstrap replica of the simulation
+    assert not np.array_equal(members[0].simulation["weights"],
+                              members[1].simulation["weights"])
+    # the same member unfolding alone: the ensemble's errors add the between-member spread
+    singles = []
+    k_unf = jax.random.split(key, 3)[1]
+    x, v = ud.data.measured()
+    for u, ku in zip(members, jax.random.split(k_unf, 2)):
+        res = u.unfold(x, n_samples=6, key=ku, data_weights=v, on_extrapolation="ignore")
+        h, _ = np.histogram(res.particle[:, :, 0].ravel(), edges[0],
+                            weights=res.weights.ravel())
+        singles.append(h / h.sum())
+    np.testing.assert_allclose(r.probs[0], np.mean(singles, axis=0), atol=1e-12)
+    spread = np.std(singles, axis=0, ddof=1)
+    assert np.all(r.errors[0] >= spread - 1e-12)
+    assert r.samples[0].shape[0] == len(x) * 12  # every member's draws are pooled
+    for bad in (0, 1.5):
+        with pytest.raises(InvalidInput, match="n_ensemble"):
+            FlowMethod(n_ensemble=bad)

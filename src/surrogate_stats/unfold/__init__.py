@@ -14,6 +14,7 @@ from surrogate_stats.unfold._flow_unfolder import FlowUnfoldConfig, UnfoldedEven
 from surrogate_stats.unfold._ibu import IBUResult, ibu, response_matrix
 from surrogate_stats.unfold._methods import (
     METHODS,
+    FlowMethod,
     IBUMethod,
     OmniFoldMethod,
     SimulationPrior,
@@ -37,6 +38,7 @@ __all__ = [
     "ComparisonReport",
     "EventSample",
     "FlowUnfoldConfig",
+    "FlowMethod",
     "IBUMethod",
     "IBUResult",
     "METHODS",

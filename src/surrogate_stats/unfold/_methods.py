@@ -188,8 +188,13 @@ class FlowMethod:
     Per-bin errors: a Poisson bootstrap of the measured events (``n_bootstrap`` replicas;
     each replica multiplies all draws of an event by the same Poisson(1) weight), which is the
     sampling distribution of the estimator sum_i q_i(bin) over data sets
-    with the trained (and iterated) flow held fixed. Not included: the simulation's
-    statistics, the flow's training noise and the iterations' dependence on the data.
+    with the trained (and iterated) flow held fixed. With ``n_ensemble = K >= 2``, K
+    unfolders are trained on Poisson(1) bootstrap replicas of the simulated events (each with
+    its own key) and each unfolds the data with its own iterations; the bin probabilities are
+    the members' mean and the variance between members (the simulation's statistics, the
+    training noise and the iterations) is added to the data-bootstrap variance (averaged over
+    the members). The between-member variance is not divided by K: bootstrap replicas of one
+    simulated sample share that sample's fluctuation, which averaging does not remove.
 
     ``info["per_event_coverage"]`` (when the data carry their truth): the fraction of
     (event, observable) pairs, over measured events with a particle-level partner, whose true
@@ -199,22 +204,38 @@ class FlowMethod:
     config: object = None  # FlowUnfoldConfig; None: the default
     n_samples: int = 20
     n_bootstrap: int = 100
+    n_ensemble: int = 1
     name: str = "flow"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def unfolder(self, key, sim, *, progress: bool = False):
-        """The unfolder trained on ``sim`` (an :class:`EventSample`), cached per sample."""
+    def __post_init__(self):
+        if not isinstance(self.n_ensemble, (int, np.integer)) or self.n_ensemble < 1:
+            raise InvalidInput(f"n_ensemble must be a positive integer; got "
+                               f"{self.n_ensemble!r}")
+
+    def unfolders(self, key, sim, *, progress: bool = False) -> list:
+        """The unfolders trained on ``sim`` (an :class:`EventSample`), cached per sample:
+        one on ``sim`` itself, or ``n_ensemble`` on bootstrap replicas of it."""
+        from surrogate_stats._optional import optional_import
         from surrogate_stats.unfold._flow_unfolder import FlowUnfoldConfig, Unfolder
 
         if self._cache.get("sim") is not sim:
+            jax = optional_import("jax")
             cfg = self.config if self.config is not None else FlowUnfoldConfig()
-            u = Unfolder.fit(key, sim_particle=sim.particle, sim_detector=sim.detector,
-                             sim_weights=sim.weights, passed_reco=sim.passed_reco,
-                             passed_truth=sim.passed_truth, particle_names=sim.names,
-                             detector_names=sim.names, config=cfg, progress=progress)
+            rng = np.random.default_rng(_seed_words(key))
+            members = []
+            keys = [key] if self.n_ensemble == 1 else jax.random.split(key, self.n_ensemble)
+            for k in keys:
+                w = sim.weights if self.n_ensemble == 1 else \
+                    sim.weights * rng.poisson(1.0, len(sim))
+                members.append(Unfolder.fit(
+                    k, sim_particle=sim.particle, sim_detector=sim.detector, sim_weights=w,
+                    passed_reco=sim.passed_reco, passed_truth=sim.passed_truth,
+                    particle_names=sim.names, detector_names=sim.names, config=cfg,
+                    progress=progress))
             self._cache.clear()
-            self._cache.update(sim=sim, unfolder=u)
-        return self._cache["unfolder"]
+            self._cache.update(sim=sim, unfolders=members)
+        return self._cache["unfolders"]
 
     def __call__(self, key, data: UnfoldingData, *, edges, progress: bool = False):
         from surrogate_stats._optional import optional_import
@@ -222,31 +243,42 @@ class FlowMethod:
         jax = optional_import("jax")
         edges = _check_edges(data, edges)
         k_fit, k_unf, k_boot = jax.random.split(key, 3)
-        u = self.unfolder(k_fit, data.sim, progress=progress)
+        members = self.unfolders(k_fit, data.sim, progress=progress)
         dat = data.data
         x, v = dat.measured()
-        res = u.unfold(x, n_samples=self.n_samples, key=k_unf, data_weights=v,
-                       on_extrapolation="ignore", progress=progress)
-        n, k, d = res.particle.shape
         rng = np.random.default_rng(_seed_words(k_boot))
-        boot = rng.poisson(1.0, (self.n_bootstrap, n)).astype(float)
+        boot = rng.poisson(1.0, (self.n_bootstrap, len(x))).astype(float)
+        member_p, member_var, results = [], [], []
+        for u, ku in zip(members, jax.random.split(k_unf, len(members))):
+            res = u.unfold(x, n_samples=self.n_samples, key=ku if len(members) > 1 else k_unf,
+                           data_weights=v, on_extrapolation="ignore", progress=progress)
+            results.append(res)
+            ps, vs = [], []
+            for j, e in enumerate(edges):
+                h = _per_event_hist(res.particle[:, :, j], res.weights, e)
+                tot = h.sum()
+                if not tot > 0:
+                    raise InvalidInput(f"no unfolded weight inside the binning of "
+                                       f"{data.names[j]!r}")
+                ps.append(h.sum(axis=0) / tot)
+                var = np.zeros(len(e) - 1)
+                if self.n_bootstrap >= 2:
+                    hb = boot @ h
+                    var += np.var(hb / hb.sum(axis=1, keepdims=True), axis=0, ddof=1)
+                vs.append(var)
+            member_p.append(ps)
+            member_var.append(vs)
         probs, errors = [], []
-        for j, e in enumerate(edges):
-            h = _per_event_hist(res.particle[:, :, j], res.weights, e)
-            tot = h.sum()
-            if not tot > 0:
-                raise InvalidInput(f"no unfolded weight inside the binning of "
-                                   f"{data.names[j]!r}")
-            p = h.sum(axis=0) / tot
-            err2 = np.zeros_like(p)
-            if self.n_bootstrap >= 2:
-                hb = boot @ h
-                pb = hb / hb.sum(axis=1, keepdims=True)
-                err2 += np.var(pb, axis=0, ddof=1)
-            probs.append(p)
-            errors.append(err2)
-        errors = [np.sqrt(e2) for e2 in errors]
+        for j in range(len(edges)):
+            pj = np.array([m[j] for m in member_p])
+            var = np.mean([m[j] for m in member_var], axis=0)
+            if len(members) > 1:
+                var = var + np.var(pj, axis=0, ddof=1)
+            probs.append(pj.mean(axis=0))
+            errors.append(np.sqrt(var))
+        res = results[0] if len(results) == 1 else _pooled(results)
         info = {"n_samples": self.n_samples, "n_bootstrap": self.n_bootstrap,
+                "n_ensemble": len(members),
                 "iterations": res.history}
         if data.has_truth:
             truth = dat.particle[dat.passed_reco]
@@ -260,6 +292,15 @@ class FlowMethod:
                 info["per_event_coverage"] = cov
         t, w = res.flat()
         return UnfoldResult(self.name, tuple(probs), tuple(errors), samples=(t, w), info=info)
+
+
+def _pooled(results):
+    """The members' draws of every event side by side (K members of n draws: K n draws)."""
+    from surrogate_stats.unfold._flow_unfolder import UnfoldedEvents
+
+    return UnfoldedEvents(np.concatenate([r.particle for r in results], axis=1),
+                          np.concatenate([r.weights for r in results], axis=1),
+                          results[0].names, [r.history for r in results])
 
 
 def _per_event_hist(x, w, edges) -> np.ndarray:
