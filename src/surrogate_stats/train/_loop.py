@@ -272,7 +272,9 @@ def fit_minibatch(
             loss, grads = jax.value_and_grad(loss_fn)(p, batch)
             updates, s = opt.update(grads, s, p)
             p = optax.apply_updates(p, updates)
-            a = jax.tree_util.tree_map(lambda m, q: decay * m + (1 - decay) * q, a, p)
+            # without averaging the "average" is the current parameters
+            a = jax.tree_util.tree_map(lambda m, q: decay * m + (1 - decay) * q, a, p) \
+                if decay > 0 else p
             return (p, s, a), loss
         (params, state, avg), losses = jax.lax.scan(step, (params, state, avg), perm)
         return params, state, avg, jnp.mean(losses)
@@ -297,8 +299,7 @@ def fit_minibatch(
             key, sub = jax.random.split(key)
             params, state, avg, tl = epoch(params, state, avg, sub)
             tl = float(tl)
-            current = avg if decay > 0 else params
-            vl = val_loss(current)
+            vl = val_loss(avg)
             history.train_loss.append(tl)
             history.val_loss.append(vl)
             bar.update(1)
@@ -306,7 +307,7 @@ def fit_minibatch(
             if not (math.isfinite(tl) and math.isfinite(vl)):
                 break
             if not math.isfinite(best_val) or vl < best_val - 1e-4 * max(1.0, abs(best_val)):
-                best, best_val, since = current, vl, 0
+                best, best_val, since = avg, vl, 0
                 history.best_step = (i + 1) * steps_per_epoch
             else:
                 since += 1
