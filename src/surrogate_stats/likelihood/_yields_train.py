@@ -14,7 +14,7 @@ from surrogate_stats.likelihood._yields_surrogate import (
     YieldLikelihoodSurrogate,
     YieldNetwork,
 )
-from surrogate_stats.train import TrainConfig, fit, split_indices
+from surrogate_stats.train import TrainConfig, fit, member_keys, split_indices
 
 __all__ = ["YieldSurrogateConfig", "fit_yield_surrogate"]
 
@@ -207,9 +207,7 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
             return tuple(jnp.asarray(a[idx]) for a in (u, target, w, target_r, w_r))
 
         n_members = int(config.ensemble)
-        # a single network keeps the keys it always had
-        keys = [(k_init, k_fit)] if n_members == 1 else list(zip(
-            jax.random.split(k_init, n_members), jax.random.split(k_fit, n_members)))
+        keys = list(zip(member_keys(k_init, n_members), member_keys(k_fit, n_members)))
         members, histories = [], []
         for m, (k_i, k_f) in enumerate(keys):
             desc = "training (yields)" if n_members == 1 else \

@@ -6,8 +6,9 @@ from surrogate_stats.train._loop import (
     TrainHistory,
     fit,
     fit_minibatch,
+    member_keys,
     split_indices,
 )
 
 __all__ = ["MinibatchConfig", "TrainConfig", "TrainHistory", "fit", "fit_minibatch",
-           "split_indices"]
+           "member_keys", "split_indices"]

@@ -13,7 +13,7 @@ from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput
 
 __all__ = ["MinibatchConfig", "TrainConfig", "TrainHistory", "fit", "fit_minibatch",
-           "split_indices"]
+           "member_keys", "split_indices"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,14 @@ def split_indices(key, n: int, val_fraction: float, *, keep_train=()) -> tuple[n
     val = np.sort(np.array(candidates[:n_val], dtype=int))
     train = np.sort(np.array([i for i in range(n) if i not in set(val.tolist())], dtype=int))
     return train, val
+
+
+def member_keys(key, n: int) -> list:
+    """Keys of ``n`` ensemble members: ``[key]`` itself for one (so a single model trains
+    exactly as without an ensemble), else ``n`` keys split from it."""
+    if n == 1:
+        return [key]
+    return list(optional_import("jax").random.split(key, n))
 
 
 def fit(

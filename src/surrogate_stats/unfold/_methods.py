@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surrogate_stats.errors import InvalidInput
+from surrogate_stats.train import member_keys
 from surrogate_stats.unfold._data import UnfoldingData
 from surrogate_stats.unfold._ibu import ibu, response_matrix
 from surrogate_stats.unfold._metrics import histogram
@@ -216,16 +217,13 @@ class FlowMethod:
     def unfolders(self, key, sim, *, progress: bool = False) -> list:
         """The unfolders trained on ``sim`` (an :class:`EventSample`), cached per sample:
         one on ``sim`` itself, or ``n_ensemble`` on bootstrap replicas of it."""
-        from surrogate_stats._optional import optional_import
         from surrogate_stats.unfold._flow_unfolder import FlowUnfoldConfig, Unfolder
 
         if self._cache.get("sim") is not sim:
-            jax = optional_import("jax")
             cfg = self.config if self.config is not None else FlowUnfoldConfig()
             rng = np.random.default_rng(_seed_words(key))
             members = []
-            keys = [key] if self.n_ensemble == 1 else jax.random.split(key, self.n_ensemble)
-            for k in keys:
+            for k in member_keys(key, self.n_ensemble):
                 w = sim.weights if self.n_ensemble == 1 else \
                     sim.weights * rng.poisson(1.0, len(sim))
                 members.append(Unfolder.fit(
@@ -249,9 +247,9 @@ class FlowMethod:
         rng = np.random.default_rng(_seed_words(k_boot))
         boot = rng.poisson(1.0, (self.n_bootstrap, len(x))).astype(float)
         member_p, member_var, results = [], [], []
-        for u, ku in zip(members, jax.random.split(k_unf, len(members))):
-            res = u.unfold(x, n_samples=self.n_samples, key=ku if len(members) > 1 else k_unf,
-                           data_weights=v, on_extrapolation="ignore", progress=progress)
+        for u, ku in zip(members, member_keys(k_unf, len(members))):
+            res = u.unfold(x, n_samples=self.n_samples, key=ku, data_weights=v,
+                           on_extrapolation="ignore", progress=progress)
             results.append(res)
             ps, vs = [], []
             for j, e in enumerate(edges):
