@@ -282,7 +282,7 @@ def injected_patches(spec, folder: Path, n=8, seed=0):
     return paths
 
 
-def bench_surrogate(name, info, out_dir: Path, quiet, ensemble=1):
+def bench_surrogate(name, info, out_dir: Path, quiet, ensemble=None):
     from surrogate_stats.likelihood._yields_pipeline import load_background, train_yields
     from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig
 
@@ -291,14 +291,16 @@ def bench_surrogate(name, info, out_dir: Path, quiet, ensemble=1):
         folder = out_dir / f"{name}_patches"
         folder.mkdir(parents=True, exist_ok=True)
         patches = injected_patches(load_background(info["bkg"]), folder)
+    config = YieldSurrogateConfig() if ensemble is None else YieldSurrogateConfig(
+        ensemble=ensemble)
     t = time.perf_counter()
     _, meta = train_yields(info["bkg"], out_dir / name, patchset=info["patchset"],
-                           patches=patches, progress=not quiet,
-                           surrogate=YieldSurrogateConfig(ensemble=ensemble),
+                           patches=patches, progress=not quiet, surrogate=config,
                            log=(lambda *a: None) if quiet else print)
     total = time.perf_counter() - t
     v = meta["validation"]
-    return {"analysis": name, "seen_in_development": info["seen"], "ensemble": ensemble,
+    return {"analysis": name, "seen_in_development": info["seen"],
+            "ensemble": config.ensemble, "default_settings": ensemble is None,
             "seconds_total": total, "seconds_labels": meta["labels"]["seconds"]["total"],
             "seconds_training": meta["training"]["seconds"],
             "n_label_points": meta["labels"]["n_points"],
@@ -374,7 +376,8 @@ def write(results, stem="yields"):
         lines.append("")
     if merged.get("surrogate"):
         ens = sorted({r.get("ensemble", 1) for r in merged["surrogate"]})
-        title = ("default settings" if ens == [1] else
+        title = ("default settings" if all(r.get("default_settings")
+                                            for r in merged["surrogate"]) else
                  f"default settings except an ensemble of {', '.join(map(str, ens))} networks")
         lines += [f"## Surrogates with {title}, on the analyses' own signal points\n",
                   "| analysis | seen in development | signals | total s (labels, training) "
@@ -404,11 +407,11 @@ def main(argv=None):
                     help="signal patches per analysis for the normfactor part (0: all)")
     ap.add_argument("--pyhf-checks", type=int, default=2,
                     help="patches per analysis whose engine limits pyhf's hypotest checks")
-    ap.add_argument("--ensemble", type=int, default=1,
-                    help="surrogate part: networks per surrogate; N > 1 writes "
-                         "results/yields_ensembleN.{json,md}")
+    ap.add_argument("--ensemble", type=int, default=None,
+                    help="surrogate part: networks per surrogate instead of the default; "
+                         "writes results/yields_ensembleN.{json,md}")
     args = ap.parse_args(argv)
-    stem = "yields" if args.ensemble == 1 else f"yields_ensemble{args.ensemble}"
+    stem = "yields" if args.ensemble is None else f"yields_ensemble{args.ensemble}"
     parts = args.parts.split(",")
     wanted = args.analyses.split(",")
     results = {"machine": f"{platform.processor() or platform.machine()}, "

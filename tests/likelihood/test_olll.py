@@ -601,8 +601,8 @@ def test_round_trip_of_a_trained_surrogate(tmp_path, spec):
         spec, remove_channels=REMOVE, model=model, progress=False,
         config=YieldLabelConfig(n_signals=20, n_mu=4, walkers=0, rays_per_task=32, chunk=32),
         executor=ExecutorConfig(kind="serial"))
-    cfg = YieldSurrogateConfig(hidden=(16, 16), train=TrainConfig(steps=500, chunk=250,
-                                                                  patience=2, polish_steps=0))
+    cfg = YieldSurrogateConfig(hidden=(16, 16), ensemble=1, train=TrainConfig(
+        steps=500, chunk=250, patience=2, polish_steps=0))
     surrogate, metrics = fit_yield_surrogate(jax.random.key(0), labels, config=cfg,
                                              bins=model.bins, progress=False,
                                              prefit=labels.datasets["apriori"][0])

@@ -150,8 +150,9 @@ def test_gradient_term_fits_the_radial_derivative(tiny_labels, sbottom_model):
     want = np.einsum("nb,ndb->nd", y, labels.gradient[use])
     errors = []
     for gw in (0.0, 1.0):
-        cfg = YieldSurrogateConfig(hidden=(16, 16), gradient_weight=gw, train=TrainConfig(
-            learning_rate=3e-3, steps=750, chunk=250, patience=3, polish_steps=0))
+        cfg = YieldSurrogateConfig(
+            hidden=(16, 16), gradient_weight=gw, ensemble=1, train=TrainConfig(
+                learning_rate=3e-3, steps=750, chunk=250, patience=3, polish_steps=0))
         sur, _ = fit_yield_surrogate(jax.random.key(0), labels, config=cfg, progress=False,
                                      bins=sbottom_model.bins)
         h = 1e-5

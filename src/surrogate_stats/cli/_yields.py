@@ -33,8 +33,8 @@ def register_likelihood(lsub) -> None:
     tr.add_argument("--max-steps", type=int, default=None, help="optimiser steps (12000)")
     tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 64,64,64")
     tr.add_argument("--ensemble", type=int, default=None,
-                    help="networks averaged into the published one (1; N trains N times as "
-                         "long)")
+                    help="networks averaged into the published one (5; N trains N times as "
+                         "long as one)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--keep-labels", action="store_true",
                     help="keep the label store OUT.labels after success")
