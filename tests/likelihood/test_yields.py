@@ -60,7 +60,7 @@ def tiny_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("yields") / "sbA"
     args = ["likelihood", "train-yields", str(SB / "BkgOnly.json"), "--out", str(out),
             "--n-signals", "64", "--n-mu", "5", "--walkers", "32", "--max-steps", "1500",
-            "--hidden", "32,32", "--executor", "serial", "--quiet"]
+            "--hidden", "32,32", "--ensemble", "2", "--executor", "serial", "--quiet"]
     for p in PATCHES:
         args += ["--patch", str(p)]
     assert main(args) == 0
@@ -88,6 +88,46 @@ def test_labels_are_exact_fits(tiny_labels, sbottom_model):
     # the zero-signal values are those of each data set's background-only fit
     assert labels.nll0.shape == (4,)
     assert np.all(labels.tmu_observed[labels.usable & np.isfinite(labels.tmu_observed)] >= 0)
+
+
+def test_restarts_repair_labels_off_the_lowest_branch(sbottom_model):
+    """A run of ray points on a higher branch (as continuation can leave them) is repaired:
+    restarted points find the lower minimum and carry it to their neighbours."""
+    from surrogate_stats.likelihood._vfit import VectorFitter
+    from surrogate_stats.likelihood._yields_labels import _restart, _sweep, reference_datasets
+
+    m = sbottom_model
+    fitter = VectorFitter(m, chunk=32)
+    datasets, _, thetas = reference_datasets(m, fitter)
+    shared = {"datasets": {d: [datasets[d][0], datasets[d][1]] for d in datasets},
+              "theta0": {d: thetas[d] for d in datasets}}
+    names = ["observed"]
+    shapes = np.random.default_rng(4).uniform(0.5, 2.0, size=(2, m.n_bins))
+    mus = np.tile(np.linspace(0.5, 3.0, 5), (2, 1))
+    good = _sweep(fitter, shapes, mus, shared, names)
+
+    def corrupted():
+        nll, conv, theta = (a.copy() for a in good)
+        wrong = np.zeros(mus.shape, dtype=bool)
+        wrong[0, 2] = True  # restarted itself ((i + j) even)
+        wrong[1, 1:4] = True  # (1, 2) is only reached by continuation from (1, 1)
+        nll[wrong] += 3.0
+        theta[wrong] = np.clip(theta[wrong] + 0.8, m.lower, m.upper)
+        return (nll, conv, theta), wrong
+
+    fits, wrong = corrupted()
+    nll, _, _ = _restart(fitter, shapes, mus, shared, names, fits, [])
+    assert np.all(nll[wrong, 0] > good[0][wrong, 0] + 2.9)  # no starts: nothing repaired
+    fits, wrong = corrupted()
+    nll, conv, theta = _restart(fitter, shapes, mus, shared, names, fits,
+                                [np.asarray(m.init, dtype=float)])
+    assert conv.all()
+    assert np.all(nll[..., 0] <= good[0][..., 0] + 1e-6)
+    # the repaired parameters are a fit of their own point again
+    main, aux = datasets["observed"]
+    y = shapes[1] * mus[1, 2]
+    again = fitter.fit(y[None], main, aux, mu=np.ones(1), init=theta[1, 2])
+    assert abs(again.nll[0] - nll[1, 2, 0]) < 1e-6
 
 
 def test_gradient_labels_are_derivatives_of_the_profiled_nll(tiny_labels, sbottom_model):

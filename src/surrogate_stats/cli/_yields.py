@@ -30,6 +30,9 @@ def register_likelihood(lsub) -> None:
     tr.add_argument("--n-mu", type=int, default=None, help="labelled points per signal (10)")
     tr.add_argument("--walkers", type=int, default=None,
                     help="random-walk points in the -2 ln lambda <= 25 region (1200)")
+    tr.add_argument("--label-restarts", type=int, default=None,
+                    help="starts besides continuation for half of the ray labels: pyhf's "
+                         "init and N-1 random ones (default 0: continuation only)")
     tr.add_argument("--max-steps", type=int, default=None, help="optimiser steps (12000)")
     tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 64,64,64")
     tr.add_argument("--ensemble", type=int, default=None,
@@ -88,7 +91,8 @@ def _train_yields(args) -> int:
     from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig
 
     labels = YieldLabelConfig(seed=args.seed)
-    for flag, field in (("n_signals", "n_signals"), ("n_mu", "n_mu"), ("walkers", "walkers")):
+    for flag, field in (("n_signals", "n_signals"), ("n_mu", "n_mu"), ("walkers", "walkers"),
+                        ("label_restarts", "restarts")):
         if getattr(args, flag) is not None:
             labels = replace(labels, **{field: getattr(args, flag)})
     surrogate = YieldSurrogateConfig()

@@ -351,3 +351,16 @@ def _make_solver(model: HistFactoryModel, tol: float):
         return x, fx, it, lam, converged, still_far & ~done
 
     return jax.jit(jax.vmap(start)), jax.jit(jax.vmap(step))
+
+
+def random_starts(model, n: int, seed) -> np.ndarray:
+    """pyhf's init with the Gaussian-constrained parameters drawn within 1.5 sigma: (n, P).
+
+    ``seed`` is anything :func:`numpy.random.default_rng` takes.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.repeat(model.init[None], n, axis=0)
+    par = model._normal_par
+    step = np.where(model.fixed[par], 0.0, model._normal_sigma)
+    out[:, par] += step * rng.uniform(-1.5, 1.5, size=(n, par.size))
+    return np.clip(out, model.lower, model.upper)

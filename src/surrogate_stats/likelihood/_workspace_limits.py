@@ -30,6 +30,7 @@ import numpy as np
 from surrogate_stats._asymptotics import cls_values
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput, InvalidWorkspace
+from surrogate_stats.likelihood._vfit import random_starts
 from surrogate_stats.likelihood._yields_labels import _better
 
 __all__ = ["WorkspaceLimits", "workspace_upper_limit"]
@@ -108,16 +109,6 @@ def _best(fits, mus, data, start_sets):
     return nll, conv, theta
 
 
-def _random_starts(model, n: int, seed: int) -> np.ndarray:
-    """pyhf's init with the Gaussian-constrained parameters drawn within 1.5 sigma: (n, P)."""
-    rng = np.random.default_rng(seed)
-    out = np.repeat(model.init[None], n, axis=0)
-    par = model._normal_par
-    step = np.where(model.fixed[par], 0.0, model._normal_sigma)
-    out[:, par] += step * rng.uniform(-1.5, 1.5, size=(n, par.size))
-    return np.clip(out, model.lower, model.upper)
-
-
 def workspace_upper_limit(spec: dict, *, poi_bounds=(0.0, 100.0), level: float = 0.05,
                           measurement: str | None = None, n_grid: int = 24,
                           tmu_cap: float = 40.0, n_starts: int = 4, seed: int = 0,
@@ -174,7 +165,7 @@ def workspace_upper_limit(spec: dict, *, poi_bounds=(0.0, 100.0), level: float =
     model = build_model(spec, measurement=chosen.get("name"))
     fits = _PoiFits(model, model.par_names.index(poi), chunk)
     n = model.n_pars
-    rand = _random_starts(model, n_starts, seed)
+    rand = random_starts(model, n_starts, seed)
 
     def start_sets(count, k, own=()):
         """Start sets (count, k, P) for fits on k data sets: own ones, init, the random ones."""

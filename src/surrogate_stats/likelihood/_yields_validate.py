@@ -91,7 +91,7 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     from pyhf's init and ``n_starts`` random points (Gaussian-constrained parameters within
     1.5 sigma, seeded by ``seed``); the lowest converged -ln L is kept.
     """
-    from surrogate_stats.likelihood._workspace_limits import _random_starts
+    from surrogate_stats.likelihood._vfit import random_starts
     from surrogate_stats.likelihood._yields_labels import _better, _fit_points
 
     signals = np.atleast_2d(np.asarray(signals, dtype=float))
@@ -140,7 +140,7 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     # restarts: every grid point at once from pyhf's init and random points, then one more
     # continuation in each direction carries a lower minimum found there to its neighbours
     y_all = (signals[:, None, :] * grid[:, :, None]).reshape(n * N_GRID, -1)
-    starts = np.concatenate([np.asarray(m.init, float)[None], _random_starts(m, n_starts, seed)])
+    starts = np.concatenate([np.asarray(m.init, float)[None], random_starts(m, n_starts, seed)])
     for s0 in starts:
         f, c, th = _fit_points(fitter, y_all, shared, names,
                                np.broadcast_to(s0, (n * N_GRID, 2, m.n_pars)))
