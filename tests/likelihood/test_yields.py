@@ -60,7 +60,7 @@ def tiny_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("yields") / "sbA"
     args = ["likelihood", "train-yields", str(SB / "BkgOnly.json"), "--out", str(out),
             "--n-signals", "64", "--n-mu", "5", "--walkers", "32", "--max-steps", "1500",
-            "--hidden", "32,32", "--ensemble", "2", "--executor", "serial", "--quiet"]
+            "--hidden", "32,32", "--executor", "serial", "--quiet"]
     for p in PATCHES:
         args += ["--patch", str(p)]
     assert main(args) == 0
