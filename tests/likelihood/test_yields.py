@@ -273,6 +273,16 @@ def test_bad_yield_surrogate_config_is_refused(bad):
         YieldSurrogateConfig(**bad)
 
 
+@pytest.mark.parametrize("bad,match", [({"restarts": -1}, "restarts must be >= 0"),
+                                       ({"n_signals": 5}, "n_signals must be at least 10"),
+                                       ({"tmu_max": 9.0}, "tmu_max must be >= 25")])
+def test_bad_yield_label_config_is_refused(bad, match):
+    from surrogate_stats.likelihood._yields_labels import YieldLabelConfig
+
+    with pytest.raises(InvalidInput, match=match):
+        YieldLabelConfig(**bad)
+
+
 def test_rerun_resumes_from_the_store(tiny_labels, sbottom_spec, sbottom_model):
     from surrogate_stats._executor import ExecutorConfig
     from surrogate_stats.likelihood._yields_labels import YieldLabelConfig, generate_yield_labels
