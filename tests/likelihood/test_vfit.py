@@ -222,3 +222,20 @@ def test_bad_inputs():
         fitter.fit(np.ones((1, 3)), model.observed, model.aux_observed, mu=np.ones(1))
     with pytest.raises(InvalidInput, match="fallback"):
         VectorFitter(model, fallback="scipy")
+
+
+def test_keep_better_takes_lower_converged_fits_only():
+    from surrogate_stats.likelihood._vfit import keep_better
+
+    nll = np.array([[5.0, 5.0, 5.0, 5.0]])
+    conv = np.array([[True, True, False, True]])
+    theta = np.zeros((1, 4, 2))
+    new = (np.array([4.0, 6.0, 7.0, 1.0]), np.array([True, True, True, False]),
+           np.ones((4, 2)))
+    take = keep_better((nll, conv, theta), (0, slice(None)), new)
+    # lower and converged: taken; higher: kept; first converged: taken even if higher;
+    # lower but not converged: never taken
+    np.testing.assert_array_equal(take, [True, False, True, False])
+    np.testing.assert_array_equal(nll[0], [4.0, 5.0, 7.0, 5.0])
+    np.testing.assert_array_equal(conv[0], [True, True, True, True])
+    np.testing.assert_array_equal(theta[0, :, 0], [1.0, 0.0, 1.0, 0.0])

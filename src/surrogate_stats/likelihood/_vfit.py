@@ -364,3 +364,26 @@ def random_starts(model, n: int, seed) -> np.ndarray:
     step = np.where(model.fixed[par], 0.0, model._normal_sigma)
     out[:, par] += step * rng.uniform(-1.5, 1.5, size=(n, par.size))
     return np.clip(out, model.lower, model.upper)
+
+
+def better(nll, conv, new_nll, new_conv):
+    """Where a new fit should replace the old one: converged and lower, or the first converged."""
+    return new_conv & (~conv | (new_nll < nll - 1e-9))
+
+
+def keep_better(fits, where, new) -> np.ndarray:
+    """Replace ``fits[...][where]`` by ``new`` where the new fit is :func:`better`, in place.
+
+    ``fits`` and ``new``: (nll, converged, theta), theta with one more (parameter) axis;
+    ``where``: an index into the fit axes (``...``, a column, arrays of points). The
+    convergence flags are OR-ed: a point stays converged once any start converged. Returns
+    the mask of replaced fits. This is how every multi-start or continued fit keeps the
+    lowest minimum it has seen.
+    """
+    nll, conv, theta = fits
+    f, c, th = new
+    take = better(nll[where], conv[where], f, c)
+    nll[where] = np.where(take, f, nll[where])
+    conv[where] = conv[where] | c
+    theta[where] = np.where(take[..., None], th, theta[where])
+    return take

@@ -30,8 +30,7 @@ import numpy as np
 from surrogate_stats._asymptotics import cls_values
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput, InvalidWorkspace
-from surrogate_stats.likelihood._vfit import random_starts
-from surrogate_stats.likelihood._yields_labels import _better
+from surrogate_stats.likelihood._vfit import keep_better, random_starts
 
 __all__ = ["WorkspaceLimits", "workspace_upper_limit"]
 
@@ -101,12 +100,10 @@ def _best(fits, mus, data, start_sets):
     shape = (n_sets, len(mus))
     f, c, th = f.reshape(shape + f.shape[1:]), c.reshape(shape + c.shape[1:]), th.reshape(
         shape + th.shape[1:])
-    nll, conv, theta = f[0], c[0], th[0]
+    best = (f[0].copy(), c[0].copy(), th[0].copy())
     for i in range(1, n_sets):
-        take = _better(nll, conv, f[i], c[i])
-        nll, conv = np.where(take, f[i], nll), conv | c[i]
-        theta = np.where(take[..., None], th[i], theta)
-    return nll, conv, theta
+        keep_better(best, ..., (f[i], c[i], th[i]))
+    return best
 
 
 def workspace_upper_limit(spec: dict, *, poi_bounds=(0.0, 100.0), level: float = 0.05,
@@ -195,12 +192,8 @@ def workspace_upper_limit(spec: dict, *, poi_bounds=(0.0, 100.0), level: float =
     nll, conv, theta = _best(fits, grid, data,
                              start_sets(n_grid, 2, [np.broadcast_to(start0, (n_grid, 2, n))]))
     for _ in range(2):  # continue each grid fit from both neighbours' solutions
-        f, c, th = _best(fits, grid, data, [np.roll(theta, 1, axis=0),
-                                            np.roll(theta, -1, axis=0)])
-        take = _better(nll, conv, f, c)
-        nll = np.where(take, f, nll)
-        conv |= c
-        theta = np.where(take[..., None], th, theta)
+        keep_better((nll, conv, theta), ..., _best(fits, grid, data, [
+            np.roll(theta, 1, axis=0), np.roll(theta, -1, axis=0)]))
     k = int(np.argmin(nll[:, 0]))
     nll_hat, mu_hat, c_hat = fits.free(obs[0], obs[1], theta[k, 0])
     if not c_hat or nll_hat > nll[k, 0]:

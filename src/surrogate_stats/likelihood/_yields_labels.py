@@ -34,6 +34,7 @@ import numpy as np
 
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput
+from surrogate_stats.likelihood._vfit import better, keep_better
 
 __all__ = ["DATASETS", "YieldLabelConfig", "YieldLabels", "generate_yield_labels",
            "reference_datasets"]
@@ -277,11 +278,6 @@ def _fit_points(fitter, y, shared, names, start):
     return res.nll.reshape(n, k), res.converged.reshape(n, k), res.theta.reshape(n, k, p)
 
 
-def _better(nll, conv, new_nll, new_conv):
-    """Where a new fit should replace the old one: converged and lower, or the first converged."""
-    return new_conv & (~conv | (new_nll < nll - 1e-9))
-
-
 def _sweep(fitter, shapes, mus, shared, names):
     """Fits at ``y = mus[:, j] * shapes`` (mus increasing in j) on each named data set.
 
@@ -301,11 +297,8 @@ def _sweep(fitter, shapes, mus, shared, names):
                                                          shared, names, start)
         start = theta[:, j]
     for j in range(big_k - 2, -1, -1):
-        f, c, t = _fit_points(fitter, shapes * mus[:, j:j + 1], shared, names, theta[:, j + 1])
-        take = _better(nll[:, j], conv[:, j], f, c)
-        nll[:, j] = np.where(take, f, nll[:, j])
-        conv[:, j] |= c
-        theta[:, j] = np.where(take[..., None], t, theta[:, j])
+        keep_better((nll, conv, theta), (slice(None), j),
+                    _fit_points(fitter, shapes * mus[:, j:j + 1], shared, names, theta[:, j + 1]))
     return nll, conv, theta
 
 
@@ -326,22 +319,18 @@ def _restart(fitter, shapes, mus, shared, names, fits, starts):
     changed = np.zeros((n, big_k), dtype=bool)
     y = shapes[rows] * mus[rows, cols][:, None]
 
-    def keep(r, c, f, cv, th):
-        take = _better(nll[r, c], conv[r, c], f, cv)
-        nll[r, c] = np.where(take, f, nll[r, c])
-        conv[r, c] |= cv
-        theta[r, c] = np.where(take[..., None], th, theta[r, c])
-        changed[r, c] |= take.any(axis=-1)
+    def keep(r, c, new):
+        changed[r, c] |= keep_better(fits, (r, c), new).any(axis=-1)
 
     for s0 in starts:
-        keep(rows, cols, *_fit_points(fitter, y, shared, names,
-                                      np.broadcast_to(s0, (len(rows), k, s0.shape[-1]))))
+        keep(rows, cols, _fit_points(fitter, y, shared, names,
+                                     np.broadcast_to(s0, (len(rows), k, s0.shape[-1]))))
     for order, step in ((range(1, big_k), 1), (range(big_k - 2, -1, -1), -1)):
         for j in order:
             r = np.flatnonzero(changed[:, j - step])
             if r.size:
-                keep(r, j, *_fit_points(fitter, shapes[r] * mus[r, j:j + 1], shared, names,
-                                        theta[r, j - step]))
+                keep(r, j, _fit_points(fitter, shapes[r] * mus[r, j:j + 1], shared, names,
+                                       theta[r, j - step]))
     return nll, conv, theta
 
 
@@ -358,7 +347,7 @@ def _free_fit(fitter, shapes, shared, mu_hi, starts):
         if best is None:
             best = res
             continue
-        take = _better(best.nll, best.converged, res.nll, res.converged)
+        take = better(best.nll, best.converged, res.nll, res.converged)
         best = type(res)(**{f: np.where(take[(...,) + (None,) * (getattr(res, f).ndim - 1)],
                                         getattr(res, f), getattr(best, f))
                             for f in ("theta", "mu", "nll", "converged", "iterations",

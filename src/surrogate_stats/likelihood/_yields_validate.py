@@ -91,8 +91,8 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     from pyhf's init and ``n_starts`` random points (Gaussian-constrained parameters within
     1.5 sigma, seeded by ``seed``); the lowest converged -ln L is kept.
     """
-    from surrogate_stats.likelihood._vfit import random_starts
-    from surrogate_stats.likelihood._yields_labels import _better, _fit_points
+    from surrogate_stats.likelihood._vfit import better, keep_better, random_starts
+    from surrogate_stats.likelihood._yields_labels import _fit_points
 
     signals = np.atleast_2d(np.asarray(signals, dtype=float))
     n = signals.shape[0]
@@ -121,20 +121,17 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     conv = np.zeros((n, N_GRID, 2), dtype=bool)
     theta = np.array(np.broadcast_to(start0[None, None], (n, N_GRID, 2, m.n_pars)))
 
-    def keep(j, f, c, th):
+    def keep(j, new):
         """Keep the new fits at grid column ``j`` (a slice or index) where they are better."""
-        take = _better(nll[:, j], conv[:, j], f, c)
-        nll[:, j] = np.where(take, f, nll[:, j])
-        conv[:, j] |= c
-        theta[:, j] = np.where(take[..., None], th, theta[:, j])
+        keep_better((nll, conv, theta), (slice(None), j), new)
 
     def sweep(order, step):
         for j in order:
-            keep(j, *_fit_points(fitter, signals * grid[:, j:j + 1], shared, names,
-                                 theta[:, j - step]))
+            keep(j, _fit_points(fitter, signals * grid[:, j:j + 1], shared, names,
+                                theta[:, j - step]))
 
     start = np.broadcast_to(start0, (n,) + start0.shape)
-    keep(0, *_fit_points(fitter, signals * grid[:, :1], shared, names, start))
+    keep(0, _fit_points(fitter, signals * grid[:, :1], shared, names, start))
     sweep(range(1, N_GRID), 1)
     sweep(range(N_GRID - 2, -1, -1), -1)
     # restarts: every grid point at once from pyhf's init and random points, then one more
@@ -144,8 +141,8 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     for s0 in starts:
         f, c, th = _fit_points(fitter, y_all, shared, names,
                                np.broadcast_to(s0, (n * N_GRID, 2, m.n_pars)))
-        keep(slice(None), f.reshape(n, N_GRID, 2), c.reshape(n, N_GRID, 2),
-             th.reshape(n, N_GRID, 2, m.n_pars))
+        keep(slice(None), (f.reshape(n, N_GRID, 2), c.reshape(n, N_GRID, 2),
+                           th.reshape(n, N_GRID, 2, m.n_pars)))
     sweep(range(1, N_GRID), 1)
     sweep(range(N_GRID - 2, -1, -1), -1)
     # bounded best fit on the observed data, started from the best grid point
@@ -166,7 +163,7 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
         others = [theta[rows, j_near - 1], np.broadcast_to(starts[0], (n, 2, m.n_pars))]
         for st in others:
             f2, c2, _ = _fit_points(fitter, y_mu, shared, names, st)
-            take = _better(f, c, f2, c2)
+            take = better(f, c, f2, c2)
             f, c = np.where(take, f2, f), c | c2
         q_o = np.where(mu_vals >= mu_hat, np.maximum(2 * (f[:, 0] - nll_hat), 0.0), 0.0)
         q_a = np.maximum(2 * (f[:, 1] - nll_zero[1]), 0.0)
