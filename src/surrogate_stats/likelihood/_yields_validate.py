@@ -91,7 +91,7 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     from pyhf's init and ``n_starts`` random points (Gaussian-constrained parameters within
     1.5 sigma, seeded by ``seed``); the lowest converged -ln L is kept.
     """
-    from surrogate_stats.likelihood._vfit import better, keep_better, random_starts
+    from surrogate_stats.likelihood._vfit import keep_better, random_starts
     from surrogate_stats.likelihood._yields_labels import _fit_points
 
     signals = np.atleast_2d(np.asarray(signals, dtype=float))
@@ -159,12 +159,11 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     def q_at(mu_vals, j_near):
         """(q_obs, q_asimov) at mu (n,), from the bracketing grid points' parameters."""
         y_mu = signals * mu_vals[:, None]
-        f, c, _ = _fit_points(fitter, y_mu, shared, names, theta[rows, j_near])
-        others = [theta[rows, j_near - 1], np.broadcast_to(starts[0], (n, 2, m.n_pars))]
-        for st in others:
-            f2, c2, _ = _fit_points(fitter, y_mu, shared, names, st)
-            take = better(f, c, f2, c2)
-            f, c = np.where(take, f2, f), c | c2
+        best = tuple(a.copy() for a in _fit_points(fitter, y_mu, shared, names,
+                                                   theta[rows, j_near]))
+        for st in (theta[rows, j_near - 1], np.broadcast_to(starts[0], (n, 2, m.n_pars))):
+            keep_better(best, ..., _fit_points(fitter, y_mu, shared, names, st))
+        f, c, _ = best
         q_o = np.where(mu_vals >= mu_hat, np.maximum(2 * (f[:, 0] - nll_hat), 0.0), 0.0)
         q_a = np.maximum(2 * (f[:, 1] - nll_zero[1]), 0.0)
         return q_o, q_a, c.all(axis=1)
