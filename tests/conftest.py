@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One persistent XLA compilation cache per test session, shared by this process and every
+# process it starts (CLI subprocesses, executor and Dask workers, notebooks): they compile the
+# same programs again and again, and on 2 cores compiling is a large part of the run. The cache
+# starts empty in every session and is removed at its end, so no result can come from a stale
+# build; set JAX_COMPILATION_CACHE_DIR yourself to keep (or to avoid) it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="surrogate-stats-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    if "jax" in sys.modules:  # imported before this file (a plugin): configure it directly
+        _jax = sys.modules["jax"]
+        _jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+        _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        _jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+else:
+    _JAX_CACHE = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _JAX_CACHE is not None and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "workspaces"
