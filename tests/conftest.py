@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,17 +19,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    if "jax" in sys.modules:  # imported before this file (a plugin): configure it directly
-        _jax = sys.modules["jax"]
-        _jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
-        _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        _jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 else:
     _JAX_CACHE = None
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _JAX_CACHE is not None and not hasattr(session.config, "workerinput"):
+    if _JAX_CACHE is not None:  # None in xdist workers too: they inherit the variable
         shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
