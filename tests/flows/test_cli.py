@@ -34,10 +34,12 @@ def test_train_correct_validate(tmp_path, toy_split, tiny_artifact, capsys):
                "--data", str(tmp_path / "data.csv"), "--variables", "r9,sieie,eresp,s4,iso",
                "--conditions", "pt,eta,pileup", "--mc-weights", "weight",
                "--out", str(tmp_path / "art"), "--epochs", "1", "--layers", "2",
-               "--hidden", "8", "--quiet"])
+               "--hidden", "8", "--patience", "3", "--quiet"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["spikes"]["value"] == [0.0]
+    train = json.loads((tmp_path / "art" / "metadata.json").read_text())["config"]["train"]
+    assert (train["patience"], train["min_improvement"]) == (3, 0.0)
 
     write_table(_frame(xm[1500:2000], cm[1500:2000]), tmp_path / "in.root")
     rc = main(["flow", "correct", str(tiny_artifact), "--in", str(tmp_path / "in.root"),

@@ -33,6 +33,9 @@ def register(sub) -> None:
     tr.add_argument("--epochs", type=int, default=50)
     tr.add_argument("--batch-size", type=int, default=512)
     tr.add_argument("--learning-rate", type=float, default=1e-3)
+    tr.add_argument("--patience", type=int, default=None,
+                    help="stop after this many epochs without a lower validation loss "
+                         "(default: no early stopping, the whole schedule runs)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_train)
 
@@ -66,9 +69,12 @@ def _weights(df, col, what):
 
 def _train(args) -> int:
     from surrogate_stats._optional import optional_import
-    from surrogate_stats.flows._correction import CorrectionConfig, CorrectionFlow
+    from surrogate_stats.flows._correction import (
+        CorrectionConfig,
+        CorrectionFlow,
+        correction_train_config,
+    )
     from surrogate_stats.flows._io import columns, read_table
-    from surrogate_stats.flows._train import FlowTrainConfig
 
     jax = optional_import("jax")
     variables, conditions = _names(args.variables), _names(args.conditions)
@@ -76,8 +82,9 @@ def _train(args) -> int:
     config = CorrectionConfig(
         flow=args.flow, n_layers=args.layers, hidden=tuple(int(h) for h in _names(args.hidden)),
         knots=args.knots,
-        train=FlowTrainConfig(max_epochs=args.epochs, batch_size=args.batch_size,
-                              learning_rate=args.learning_rate))
+        train=correction_train_config(max_epochs=args.epochs, batch_size=args.batch_size,
+                                      learning_rate=args.learning_rate,
+                                      patience=args.patience))
     cf = CorrectionFlow.fit(
         jax.random.key(args.seed),
         mc=columns(mc, variables, "--mc"), data=columns(data, variables, "--data"),

@@ -25,6 +25,7 @@ __all__ = [
     "from_nflows",
     "CorrectionConfig",
     "CorrectionFlow",
+    "correction_train_config",
     "validate_correction",
     "detect_spikes",
 ]
@@ -40,6 +41,7 @@ _LAZY = {
     "from_nflows": "surrogate_stats.flows._nflows",
     "CorrectionConfig": "surrogate_stats.flows._correction",
     "CorrectionFlow": "surrogate_stats.flows._correction",
+    "correction_train_config": "surrogate_stats.flows._correction",
     "validate_correction": "surrogate_stats.flows._validate",
     "detect_spikes": "surrogate_stats.flows._spikes",
 }

@@ -24,22 +24,26 @@ class FlowTrainConfig:
         learning_rate: peak AdamW learning rate (warm-up one epoch, cosine decay).
         batch_size: events per step.
         max_epochs: maximum epochs.
-        patience: early-stopping patience in epochs (on the validation loss).
+        patience: early-stopping patience in epochs (on the validation loss); None for no
+            early stopping (the whole warm-up + cosine schedule runs).
         val_fraction: share of the events held out for validation.
         clip_norm: gradient-norm clipping.
         weight_decay: AdamW weight decay.
         ema_decay: per-step decay of the moving average of the parameters that is validated
             and returned (0: the raw parameters); see :class:`MinibatchConfig`.
+        min_improvement: relative validation-loss improvement that counts as better; see
+            :class:`MinibatchConfig`.
     """
 
     learning_rate: float = 1e-3
     batch_size: int = 512
     max_epochs: int = 50
-    patience: int = 6
+    patience: int | None = 6
     val_fraction: float = 0.1
     clip_norm: float = 5.0
     weight_decay: float = 0.0
     ema_decay: float = 0.0
+    min_improvement: float = 1e-4
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 0.9:
@@ -49,6 +53,8 @@ class FlowTrainConfig:
     def minibatch(self) -> MinibatchConfig:
         d = asdict(self)
         d.pop("val_fraction")
+        if d["patience"] is None:
+            d["patience"] = d["max_epochs"]
         return MinibatchConfig(**d)
 
 

@@ -205,6 +205,9 @@ class MinibatchConfig:
             of an exponential moving average of the parameters (Polyak averaging), which is
             what is validated, early-stopped on and returned (e.g. 0.999: an average over
             about the last thousand steps).
+        min_improvement: a validation loss counts as better (for keeping the parameters and
+            for the patience) when it is below the best so far by more than this fraction of
+            ``max(1, |best|)``; 0 keeps any lower value.
     """
 
     learning_rate: float = 1e-3
@@ -214,6 +217,7 @@ class MinibatchConfig:
     clip_norm: float = 5.0
     weight_decay: float = 0.0
     ema_decay: float = 0.0
+    min_improvement: float = 1e-4
 
     def __post_init__(self):
         for name in ("batch_size", "max_epochs", "patience"):
@@ -228,6 +232,8 @@ class MinibatchConfig:
             raise InvalidInput(f"weight_decay must be >= 0; got {self.weight_decay}")
         if not 0 <= self.ema_decay < 1:
             raise InvalidInput(f"ema_decay must be in [0, 1); got {self.ema_decay}")
+        if not (0 <= self.min_improvement < 1):
+            raise InvalidInput(f"min_improvement must be in [0, 1); got {self.min_improvement}")
 
 
 def fit_minibatch(
@@ -314,7 +320,8 @@ def fit_minibatch(
             bar.set_postfix(train=f"{tl:.4g}", val=f"{vl:.4g}")
             if not (math.isfinite(tl) and math.isfinite(vl)):
                 break
-            if not math.isfinite(best_val) or vl < best_val - 1e-4 * max(1.0, abs(best_val)):
+            margin = config.min_improvement * max(1.0, abs(best_val))
+            if not math.isfinite(best_val) or vl < best_val - margin:
                 best, best_val, since = avg, vl, 0
                 history.best_step = (i + 1) * steps_per_epoch
             else:
