@@ -33,8 +33,8 @@ def main(argv=None):
     ap.add_argument("--n-correct", type=int, default=1_000_000, help="events for the timing")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--patience", type=int, default=None,
-                    help="early-stopping patience in epochs (default: none, the correction's "
-                         "default: the whole schedule runs)")
+                    help="early-stopping patience in epochs (default: the correction's, none: "
+                         "the whole schedule runs)")
     ap.add_argument("--min-improvement", type=float, default=None,
                     help="relative validation gain that counts (default: the correction's, 0)")
     ap.add_argument("--seed", type=int, default=0, help="training key")
@@ -49,6 +49,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.n_correct, args.epochs = 5000, 5000, 20000, 2
+    stem = args.stem or ("flows_quick" if args.quick else "flows")
 
     import jax
 
@@ -77,10 +78,10 @@ def main(argv=None):
 
         xc_jax = cf.correct(tm, tcm)
         xc_onnx = loaded.correct(tm, tcm)
-        plot = ROOT / "docs" / "img" / ("flows_marginals_quick.png" if args.quick
-                                         else "flows_marginals.png")
-        if args.stem:  # a named variant does not replace the docs' figure
-            plot = Path(args.out) / f"{args.stem}_marginals.png"
+        # the default runs draw the docs' figure; a named variant draws its own
+        figure = {"flows": "flows_marginals.png", "flows_quick": "flows_marginals_quick.png"}
+        plot = (ROOT / "docs" / "img" / figure[stem] if args.stem is None
+                else Path(args.out) / f"{stem}_marginals.png")
         rep = validate_correction(td, tm, xc_onnx, data_conditions=tcd, mc_conditions=tcm,
                                   variables=VARIABLES, conditions=CONDITIONS, plot=plot,
                                   plot_condition=2)
@@ -137,7 +138,6 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "flows_quick" if args.quick else (args.stem or "flows")
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# Simulation-to-data correction on the photon toy",

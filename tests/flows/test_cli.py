@@ -81,3 +81,10 @@ def test_cli_errors_are_one_line(tmp_path, tiny_artifact, toy_split, capsys):
     rc = main(["flow", "correct", str(tiny_artifact), "--in", str(tmp_path / "in.txt"),
                "--out", str(tmp_path / "o.parquet")])
     assert rc == 2
+    capsys.readouterr()
+    rc = main(["flow", "train-correction", "--mc", str(tmp_path / "in.parquet"),
+               "--data", str(tmp_path / "in.parquet"), "--variables", "r9,sieie",
+               "--out", str(tmp_path / "art0"), "--patience", "0", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "patience must be >= 1" in err and len(err.strip().splitlines()) == 1
