@@ -239,3 +239,78 @@ def test_keep_better_takes_lower_converged_fits_only():
     np.testing.assert_array_equal(nll[0], [4.0, 5.0, 7.0, 5.0])
     np.testing.assert_array_equal(conv[0], [True, True, True, True])
     np.testing.assert_array_equal(theta[0, :, 0], [1.0, 0.0, 1.0, 0.0])
+
+
+def test_bound_starts_follow_a_workspace_independent_rule():
+    """Weak Poisson constraints (auxiliary count < 1) start at their upper bound, free
+    multiplicative parameters at their lower bound; constrained and fixed ones stay."""
+    from surrogate_stats.likelihood._histfactory import build_model
+    from surrogate_stats.likelihood._vfit import bound_starts
+
+    spec = {"channels": [{"name": "SR", "samples": [{"name": "bkg", "data": [10.0, 5.0],
+                                                      "modifiers": [
+        {"name": "mu_b", "type": "normfactor", "data": None},
+        {"name": "unc", "type": "shapesys", "data": [20.0, 0.5]},  # tau = 0.25 and 100
+        {"name": "lumi", "type": "lumi", "data": None},
+        {"name": "sys", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}]}],
+        "observations": [{"name": "SR", "data": [12.0, 6.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "mu_sig", "parameters": [
+            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.02], "bounds": [[0.9, 1.1]],
+             "inits": [1.0]}]}}],
+        "version": "1.0.0"}
+    m = build_model(spec)
+    starts = bound_starts(m)
+    assert starts.shape == (2, m.n_pars)
+    names = list(m.par_names)
+    want = np.array(m.init, dtype=float)
+    want[names.index("unc[0]")] = m.upper[names.index("unc[0]")]
+    np.testing.assert_array_equal(starts[0], want)
+    want[names.index("mu_b")] = m.lower[names.index("mu_b")]
+    np.testing.assert_array_equal(starts[1], want)
+    # fixed normfactor: nothing free is left, the weak gamma still gets its start
+    spec["measurements"][0]["config"]["parameters"].append({"name": "mu_b", "fixed": True})
+    assert bound_starts(build_model(spec)).shape == (1, m.n_pars)
+    # no weak constraint, no free parameter: no start
+    assert bound_starts(build_model(_spec("sbottom-RegionA"), remove_channels=SBOTTOM_REMOVE)
+                        ).shape[0] == 1  # mu_ttbar
+    plain = copy.deepcopy(spec)
+    plain["channels"][0]["samples"][0]["modifiers"] = [
+        {"name": "sys", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]
+    plain["measurements"][0]["config"]["parameters"] = []
+    assert bound_starts(build_model(plain)).shape == (0, 1)
+
+
+def test_bound_starts_reach_the_lower_minimum_that_pyhf_init_misses_on_3l():
+    """A 3L signal that fills CRlow: from pyhf's init (and from the background-only fit) the
+    fit stops on a branch about 1.8 higher in -ln L than the one where the weak top MC-stat
+    gamma of SRlow sits at its upper bound and mu_WZLow near 0; pyhf's logpdf agrees there."""
+    import pyhf
+
+    from surrogate_stats.likelihood._exact import numpy_backend
+    from surrogate_stats.likelihood._histfactory import _CHECK_POI, build_model, inject_signal
+    from surrogate_stats.likelihood._vfit import VectorFitter, bound_starts
+
+    spec = _spec("3L-eRJR")
+    m = build_model(spec)
+    y = np.array([[208.65539412234116, 65.93859642822974, 8.755554523512401,
+                   0.006378522802976383]])  # one of the default labels' signals
+    fitter = VectorFitter(m, chunk=8)
+    main, aux = m.observed, m.aux_observed
+    plain = fitter.fit(y, main, aux, mu=np.ones(1))
+    bkg_only = fitter.fit(np.zeros_like(y), main, aux, mu=np.zeros(1))
+    cont = fitter.fit(y, main, aux, mu=np.ones(1), init=bkg_only.theta)
+    fits = [fitter.fit(y, main, aux, mu=np.ones(1), init=s[None]) for s in bound_starts(m)]
+    best = min(fits, key=lambda r: r.nll[0])
+    assert best.converged.all()
+    assert best.nll[0] < min(plain.nll[0], cont.nll[0]) - 1.0
+    gamma = list(m.par_names).index("shape_mcstat_top_SRlow_obs_cuts")
+    assert best.theta[0, gamma] > 5.0
+    # the lower minimum is pyhf's -ln L too
+    patched = inject_signal(spec, y[0], poi=_CHECK_POI)
+    with numpy_backend():
+        ws = pyhf.Workspace(patched)
+        pm = ws.model(poi_name=_CHECK_POI)
+        order = [pm.config.par_slice(n) for n in pm.config.par_order]
+        pars = m._to_pyhf_pars(pm, best.theta[0], 1.0, order)
+        data = np.concatenate([m.pyhf_data_order(main), aux])
+        assert -float(pm.logpdf(pars, data)[0]) == pytest.approx(best.nll[0], abs=NLL_TOL)

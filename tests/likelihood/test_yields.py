@@ -128,6 +128,14 @@ def test_restarts_repair_labels_off_the_lowest_branch(sbottom_model):
     y = shapes[1] * mus[1, 2]
     again = fitter.fit(y[None], main, aux, mu=np.ones(1), init=theta[1, 2])
     assert abs(again.nll[0] - nll[1, 2, 0]) < 1e-6
+    # an explicit mask (as the bound starts use): one refitted point repairs its whole run
+    fits, wrong = corrupted()
+    mask = np.zeros(mus.shape, dtype=bool)
+    mask[1, 2] = True
+    nll, _, _ = _restart(fitter, shapes, mus, shared, names, fits,
+                         [np.asarray(m.init, dtype=float)], mask)
+    assert np.all(nll[1, :, 0] <= good[0][1, :, 0] + 1e-6)
+    assert nll[0, 2, 0] > good[0][0, 2, 0] + 2.9  # not in the mask, not on a repaired ray
 
 
 def test_gradient_labels_are_derivatives_of_the_profiled_nll(tiny_labels, sbottom_model):

@@ -33,6 +33,9 @@ def register_likelihood(lsub) -> None:
     tr.add_argument("--label-restarts", type=int, default=None,
                     help="starts besides continuation for half of the ray labels: pyhf's "
                          "init and N-1 random ones (default 0: continuation only)")
+    tr.add_argument("--no-bound-starts", action="store_true",
+                    help="do not refit the middle and last point of each ray from starts at "
+                         "the bounds of weakly constrained and free parameters (docs/yields.md)")
     tr.add_argument("--max-steps", type=int, default=None, help="optimiser steps (12000)")
     tr.add_argument("--hidden", default=None, help="hidden layer widths, e.g. 64,64,64")
     tr.add_argument("--ensemble", type=int, default=None,
@@ -95,6 +98,8 @@ def _train_yields(args) -> int:
                         ("label_restarts", "restarts")):
         if getattr(args, flag) is not None:
             labels = replace(labels, **{field: getattr(args, flag)})
+    if args.no_bound_starts:
+        labels = replace(labels, bound_starts=False)
     surrogate = YieldSurrogateConfig()
     if args.max_steps is not None:
         surrogate = replace(surrogate, train=replace(surrogate.train, steps=args.max_steps))

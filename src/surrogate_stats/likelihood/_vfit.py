@@ -366,6 +366,48 @@ def random_starts(model, n: int, seed) -> np.ndarray:
     return np.clip(out, model.lower, model.upper)
 
 
+WEAK_AUX = 1.0  # Poisson auxiliary counts below this constrain their parameter little
+
+
+def bound_starts(model) -> np.ndarray:
+    """Starts at the bounds of the parameters that the constraints hardly hold: (n, P), n <= 2.
+
+    Continuation and starts near pyhf's init never put a practically unconstrained parameter
+    far from 1, and that is where another minimum can lie: on 3L eRJR an MC-stat gamma with
+    Poisson auxiliary count 0.06 at its upper bound and a background normfactor at 0 lie up to
+    13 lower in -ln L when a signal fills a control region (docs/yields.md). The rule holds for
+    any workspace:
+
+    * ``weak``: Poisson-constrained parameters (shapesys, Poisson staterror) whose auxiliary
+      count is below ``WEAK_AUX`` (a relative uncertainty above 100%);
+    * ``free``: multiplicative parameters with no constraint (normfactor, shapefactor) that
+      are not fixed.
+
+    Start 1 is pyhf's init with ``weak`` at their upper bounds (if there are any); start 2 the
+    same with ``free`` also at their lower bounds (if there are any). A workspace with neither
+    gets no start (shape (0, P)).
+    """
+    init = np.asarray(model.init, dtype=float)
+    lower, upper = np.asarray(model.lower, float), np.asarray(model.upper, float)
+    fixed = np.asarray(model.fixed, bool)
+    pois = np.asarray(model._pois_par, int)
+    aux = np.asarray(model.aux_observed, float)[np.asarray(model._pois_aux, int)]
+    weak = pois[(aux < WEAK_AUX) & ~fixed[pois]]
+    constrained = np.union1d(np.asarray(model._normal_par, int), pois)
+    free = np.setdiff1d(model.mult_index, constrained)
+    free = free[~fixed[free]]
+    out = []
+    first = init.copy()
+    first[weak] = upper[weak]
+    if weak.size:
+        out.append(first)
+    if free.size:
+        second = first.copy()
+        second[free] = lower[free]
+        out.append(second)
+    return np.array(out, dtype=float).reshape(len(out), init.size)
+
+
 def better(nll, conv, new_nll, new_conv):
     """Where a new fit should replace the old one: converged and lower, or the first converged."""
     return new_conv & (~conv | (new_nll < nll - 1e-9))

@@ -34,13 +34,18 @@ import numpy as np
 
 from surrogate_stats._optional import optional_import
 from surrogate_stats.errors import InvalidInput
-from surrogate_stats.likelihood._vfit import better, keep_better
+from surrogate_stats.likelihood._vfit import better, bound_starts, keep_better
 
 __all__ = ["DATASETS", "YieldLabelConfig", "YieldLabels", "generate_yield_labels",
            "reference_datasets"]
 
 DATASETS = ("observed", "apriori", "observed_asimov", "apriori_asimov")
-LABEL_VERSION = 4  # bump when the labelling changes what a stored chunk means
+LABEL_VERSION = 5  # bump when the labelling changes what a stored chunk means
+
+
+def _bound_columns(n_mu: int) -> list[int]:
+    """Ray points refitted from :func:`~surrogate_stats.likelihood._vfit.bound_starts`."""
+    return [n_mu // 2, n_mu - 1]
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,11 @@ class YieldLabelConfig:
             are refitted from pyhf's init and ``restarts - 1`` random starts, and lower
             minima found are continued along the ray (0: none, the default; 3 roughly
             doubles the label time on sbottom, see docs/yields.md).
+        bound_starts: refit the middle and the last point of each ray from
+            :func:`~surrogate_stats.likelihood._vfit.bound_starts` (weakly constrained
+            Poisson parameters at their upper bound, free normfactors at their lower bound)
+            and continue lower minima along the ray (a no-op on workspaces that have neither
+            kind of parameter).
         rays_per_task: rays per executor chunk (and walkers per chunk).
         chunk: fits per compiled engine call.
         seed: seed of the signal sampling.
@@ -71,6 +81,7 @@ class YieldLabelConfig:
     walk_steps: int = 3
     walk_tmu: float = 25.0
     restarts: int = 0
+    bound_starts: bool = True
     rays_per_task: int = 128
     chunk: int = 128
     seed: int = 0
@@ -302,20 +313,23 @@ def _sweep(fitter, shapes, mus, shared, names):
     return nll, conv, theta
 
 
-def _restart(fitter, shapes, mus, shared, names, fits, starts):
-    """Refits a checkerboard of the ray points from other starts; carries gains along the rays.
+def _restart(fitter, shapes, mus, shared, names, fits, starts, mask=None):
+    """Refits some ray points from other starts; carries gains along the rays.
 
     Continuation follows one branch of minima; where another branch is lower (seen on the
     sbottom workspaces for about 2% of points, up to 0.6 in -2 ln L), a fit started
-    elsewhere finds it. Points ``(i, j)`` (ray i, point j) with even ``i + j`` are refitted from
-    each of ``starts`` (P,); every improvement is then continued to the neighbouring points
-    forward and backward along its ray until it no longer improves them.
+    elsewhere finds it. Points ``(i, j)`` (ray i, point j) where ``mask`` (n, K) is true
+    (default: a checkerboard, even ``i + j``) are refitted from each of ``starts`` (P,); every
+    improvement is then continued to the neighbouring points forward and backward along its
+    ray until it no longer improves them.
     ``fits``: (nll, conv, theta) of :func:`_sweep`, updated in place.
     """
     nll, conv, theta = fits
     n, big_k = mus.shape
     k = len(names)
-    rows, cols = np.nonzero((np.arange(n)[:, None] + np.arange(big_k)[None, :]) % 2 == 0)
+    if mask is None:
+        mask = (np.arange(n)[:, None] + np.arange(big_k)[None, :]) % 2 == 0
+    rows, cols = np.nonzero(mask)
     changed = np.zeros((n, big_k), dtype=bool)
     y = shapes[rows] * mus[rows, cols][:, None]
 
@@ -396,6 +410,12 @@ def label_rays(shared: dict, task: dict) -> dict:
         starts = [model_init] + list(random_starts(model, int(shared["restarts"]) - 1,
                                                    [int(task["seed"]), int(task["start"]), 31]))
         _restart(fitter, shapes, mus, shared, names, (nll, conv, theta), starts)
+    bound = np.asarray(shared.get("bound_starts", []), dtype=float).reshape(-1, model.n_pars)
+    if bound.size:
+        # the middle and the far end of each ray from the bound starts, continued both ways
+        mask = np.zeros(mus.shape, dtype=bool)
+        mask[:, _bound_columns(n_mu)] = True
+        _restart(fitter, shapes, mus, shared, names, (nll, conv, theta), list(bound), mask)
     # the best labelled point of each ray is one more start for its best fit
     k_best = np.argmin(np.where(conv[..., 0], nll[..., 0], np.inf), axis=1)
     rows = np.arange(n)
@@ -509,6 +529,7 @@ def generate_yield_labels(spec: dict, *, remove_channels=(), config: YieldLabelC
         "tmu_max": config.tmu_max, "walk_tmu": config.walk_tmu,
         "walk_steps": config.walk_steps, "same_apriori_asimov": same,
         "restarts": config.restarts,
+        "bound_starts": (bound_starts(model).tolist() if config.bound_starts else []),
         "theta0": {d: thetas[d].tolist() for d in DATASETS},
         "version": LABEL_VERSION,
     }
@@ -575,7 +596,9 @@ def generate_yield_labels(spec: dict, *, remove_channels=(), config: YieldLabelC
         "config": asdict(config), "n_points": int(n), "n_rays": int(len(cat["shapes"])),
         "n_walk_points": int(sum(len(p["y"]) for p in walk_parts)),
         "n_unconverged_points": int((~labels.usable).sum()),
-        "same_apriori_asimov": same, "fits": int(_count_fits(config, n, same)),
+        "same_apriori_asimov": same,
+        "fits": int(_count_fits(config, n, same, len(shared["bound_starts"]))),
+        "bound_starts": len(shared["bound_starts"]),
         "seconds": {"setup": round(t_setup, 2), "rays": round(t_rays, 2),
                     "walk": round(t_walk, 2), "total": round(time.perf_counter() - t0, 2)},
         "executor": {"kind": executor.kind, "workers": executor.workers
@@ -584,9 +607,11 @@ def generate_yield_labels(spec: dict, *, remove_channels=(), config: YieldLabelC
     return labels
 
 
-def _count_fits(config: YieldLabelConfig, n_points: int, same: bool) -> int:
-    """Fits a run needs (approximately, for the throughput record)."""
+def _count_fits(config: YieldLabelConfig, n_points: int, same: bool, n_bound: int = 0) -> int:
+    """Fits a run needs (approximately, for the throughput record; continuations of lower
+    minima found by restarts are not counted)."""
     per_point = 3 if same else 4
     rays = config.n_signals * (1 + 5 * 2)
     walk = config.walkers * config.walk_steps * 2
-    return rays + walk + n_points * per_point
+    bound = config.n_signals * len(_bound_columns(config.n_mu)) * n_bound * per_point
+    return rays + walk + n_points * per_point + bound

@@ -88,10 +88,11 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     ``datasets``: name -> (main, aux) with at least ``observed`` and ``observed_asimov``.
     The grid of each signal runs from 0 to where both -2 ln lambda exceed ``tmu_cap`` (or
     its limits are bracketed). Every grid fit is continued from both neighbours and started
-    from pyhf's init and ``n_starts`` random points (Gaussian-constrained parameters within
-    1.5 sigma, seeded by ``seed``); the lowest converged -ln L is kept.
+    from pyhf's init, the :func:`~surrogate_stats.likelihood._vfit.bound_starts` and
+    ``n_starts`` random points (Gaussian-constrained parameters within 1.5 sigma, seeded by
+    ``seed``); the lowest converged -ln L is kept.
     """
-    from surrogate_stats.likelihood._vfit import keep_better, random_starts
+    from surrogate_stats.likelihood._vfit import bound_starts, keep_better, random_starts
     from surrogate_stats.likelihood._yields_labels import _fit_points
 
     signals = np.atleast_2d(np.asarray(signals, dtype=float))
@@ -137,7 +138,8 @@ def exact_reference(fitter, datasets: dict, signals, *, tmu_cap: float = 40.0,
     # restarts: every grid point at once from pyhf's init and random points, then one more
     # continuation in each direction carries a lower minimum found there to its neighbours
     y_all = (signals[:, None, :] * grid[:, :, None]).reshape(n * N_GRID, -1)
-    starts = np.concatenate([np.asarray(m.init, float)[None], random_starts(m, n_starts, seed)])
+    starts = np.concatenate([np.asarray(m.init, float)[None], bound_starts(m),
+                             random_starts(m, n_starts, seed)])
     for s0 in starts:
         f, c, th = _fit_points(fitter, y_all, shared, names,
                                np.broadcast_to(s0, (n * N_GRID, 2, m.n_pars)))
