@@ -336,6 +336,9 @@ def test_artifact_loads_with_onnx_parity_and_validation(tiny_artifact):
                       "CRtt_meff-2")
     assert meta["remove_channels"] == ["VRtt_meff"]
     assert meta["signal_injection"].startswith("normalisation factor only")
+    # the default label run refits from the bound starts (here one: mu_ttbar at 0)
+    assert meta["labels"]["config"]["bound_starts"] is True
+    assert meta["labels"]["bound_starts"] == 1
     # numpy path = ONNX graph on fresh random yields inside the domain
     rng = np.random.default_rng(7)
     y = rng.uniform(0, 1, (200, s.n_bins)) * s.y_max
