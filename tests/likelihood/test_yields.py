@@ -283,7 +283,9 @@ def test_bad_yield_surrogate_config_is_refused(bad):
 
 @pytest.mark.parametrize("bad,match", [({"restarts": -1}, "restarts must be >= 0"),
                                        ({"n_signals": 5}, "n_signals must be at least 10"),
-                                       ({"tmu_max": 9.0}, "tmu_max must be >= 25")])
+                                       ({"tmu_max": 9.0}, "tmu_max must be >= 25"),
+                                       ({"bound_starts": "no"},
+                                        "bound_starts must be True or False")])
 def test_bad_yield_label_config_is_refused(bad, match):
     from surrogate_stats.likelihood._yields_labels import YieldLabelConfig
 

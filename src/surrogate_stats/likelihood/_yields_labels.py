@@ -100,6 +100,8 @@ class YieldLabelConfig:
             raise InvalidInput(f"walk_tmu must be in (0, tmu_max]; got {self.walk_tmu}")
         if self.restarts < 0:
             raise InvalidInput(f"restarts must be >= 0; got {self.restarts}")
+        if not isinstance(self.bound_starts, bool):
+            raise InvalidInput(f"bound_starts must be True or False; got {self.bound_starts!r}")
         if self.rays_per_task < 1 or self.chunk < 1:
             raise InvalidInput("rays_per_task and chunk must be >= 1")
 
