@@ -101,6 +101,35 @@ def test_spline_starts_as_identity_and_is_monotone():
     assert np.all(np.diff(np.asarray(y[:, 0])) > 0)
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("minima", [{}, {"min_bin_width": 0.02, "min_bin_height": 0.05,
+                                        "min_derivative": 0.1}])
+def test_unrolled_spline_equals_stacked(inverse, minima):
+    """The two forms of the bin machinery (per-bin arrays for fast inference, (N, n, K)
+    arrays for training and ONNX) are the same function, knots and tails included."""
+    from surrogate_stats.flows import rq_spline
+    from surrogate_stats.flows._ops import JaxOps
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(11)
+        raw = jnp.asarray(rng.normal(size=(4000, 3, 3 * 6 - 1)) * 2.0)
+        x = rng.normal(size=(4000, 3)) * 2.5                 # a good part beyond the bound 3
+        x[:10] = [-3.0, 0.0, 3.0]                            # the ends and the middle
+        x = jnp.asarray(x)
+        a = rq_spline(JaxOps(jnp.float64), x, raw, 6, 3.0, inverse=inverse, **minima)
+        b = rq_spline(JaxOps(jnp.float64, unroll_bins=True), x, raw, 6, 3.0, inverse=inverse,
+                      **minima)
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=0, atol=1e-10)
+        # gradients too (the unrolled form is not used in training, but it is JAX)
+        def loss(r, ops):
+            y, ld = rq_spline(ops, x, r, 6, 3.0, inverse=inverse, **minima)
+            return jnp.sum(y) + jnp.sum(ld)
+        ga = jax.grad(loss)(raw, JaxOps(jnp.float64))
+        gb = jax.grad(loss)(raw, JaxOps(jnp.float64, unroll_bins=True))
+        np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("name", FLOW_NAMES)
 @pytest.mark.parametrize("role", ["log_prob", "sample", "transform", "inverse"])
 def test_onnx_matches_jax(name, role):

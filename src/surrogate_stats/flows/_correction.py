@@ -366,9 +366,10 @@ class CorrectionFlow:
 
             @jax.jit
             def fn(x, c, u):
-                return _correction_fn(JaxOps(jnp.float32), f, cf, ci, self.spikes, x,
-                                      c if nc else None, u, self.flags["mc"],
-                                      self.flags["data"])
+                # large chunks of events: the unrolled spline form is the faster one here
+                return _correction_fn(JaxOps(jnp.float32, unroll_bins=True), f, cf, ci,
+                                      self.spikes, x, c if nc else None, u,
+                                      self.flags["mc"], self.flags["data"])
             self._fn = fn
         return self._fn
 

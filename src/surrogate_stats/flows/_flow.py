@@ -75,21 +75,15 @@ def rq_spline(ops, x, raw, knots: int, bound: float, *, inverse: bool = False,
     """
     K, B = knots, float(bound)
     mw, mh, md = float(min_bin_width), float(min_bin_height), float(min_derivative)
-    w = ops.softmax(ops.slice_last(raw, 0, K)) * (1.0 - mw * K) + mw
-    h = ops.softmax(ops.slice_last(raw, K, 2 * K)) * (1.0 - mh * K) + mh
-    shift = _D_SHIFT if md == MIN_DERIVATIVE else derivative_shift(md)
-    d = ops.softplus(ops.slice_last(raw, 2 * K, 3 * K - 1) + shift) + md
-    xl = ops.cumsum_excl(w) * (2 * B) - B
-    yl = ops.cumsum_excl(h) * (2 * B) - B
-    xr = ops.pad_last(ops.slice_last(xl, 1, K), 0, 1, B)
-    yr = ops.pad_last(ops.slice_last(yl, 1, K), 0, 1, B)
-    dl = ops.pad_last(d, 1, 0, 1.0)
-    dr = ops.pad_last(d, 0, 1, 1.0)
     inside = ops.logical_and(ops.ge(x, -B), ops.le(x, B))
     xc = ops.clip(x, -B, B)
-    # bin search as a comparison count (exportable; no searchsorted)
-    idx = ops.bin_index(ops.ge(ops.expand_last(xc), yl if inverse else xl))
-    xk, xk1, yk, yk1, dk, dk1 = (ops.pick(a, idx) for a in (xl, xr, yl, yr, dl, dr))
+    bin_of = _bin_unrolled if getattr(ops, "unroll_bins", False) else _bin_stacked
+    # knots (x_k, x_k+1), (y_k, y_k+1) of each value's bin and their raw derivatives
+    xk, xk1, yk, yk1, rk, rk1 = bin_of(ops, xc, raw, K, B, mw, mh, inverse)
+    # softplus is elementwise: only the two knots of each value's bin need it
+    shift = _D_SHIFT if md == MIN_DERIVATIVE else derivative_shift(md)
+    dk = ops.softplus(rk + shift) + md
+    dk1 = ops.softplus(rk1 + shift) + md
     wk = xk1 - xk
     hk = yk1 - yk
     s = hk / wk
@@ -112,6 +106,64 @@ def rq_spline(ops, x, raw, knots: int, bound: float, *, inverse: bool = False,
     if inverse:
         logd = -logd
     return ops.where(inside, y, x), ops.where(inside, logd, 0.0)
+
+
+def _bin_stacked(ops, xc, raw, K, B, mw, mh, inverse):
+    """Bin parameters from ``(N, n, K)`` arrays: softmax and cumulative sums along the last
+    axis, the bin index as a comparison count, and one gather per quantity."""
+    w = ops.softmax(ops.slice_last(raw, 0, K)) * (1.0 - mw * K) + mw
+    h = ops.softmax(ops.slice_last(raw, K, 2 * K)) * (1.0 - mh * K) + mh
+    rd = ops.slice_last(raw, 2 * K, 3 * K - 1)
+    xl = ops.cumsum_excl(w) * (2 * B) - B
+    yl = ops.cumsum_excl(h) * (2 * B) - B
+    xr = ops.pad_last(ops.slice_last(xl, 1, K), 0, 1, B)
+    yr = ops.pad_last(ops.slice_last(yl, 1, K), 0, 1, B)
+    # raw 0 (+ shift) is derivative 1, that of the end knots
+    rl, rr = ops.pad_last(rd, 1, 0, 0.0), ops.pad_last(rd, 0, 1, 0.0)
+    idx = ops.bin_index(ops.ge(ops.expand_last(xc), yl if inverse else xl))
+    return tuple(ops.pick(a, idx) for a in (xl, xr, yl, yr, rl, rr))
+
+
+def _bin_unrolled(ops, xc, raw, K, B, mw, mh, inverse):
+    """The same from one ``(N, n)`` array per bin: everything is elementwise, which XLA fuses
+    into a few loops; the bin search walks the interior knots and keeps, with ``where``, the
+    knots of the last bin whose left edge lies at or below the value."""
+    col = [ops.col(raw, j) for j in range(3 * K - 1)]
+    xe = _knots_list(ops, _softmax_list(ops, col[:K], mw), B)       # K + 1 knots
+    ye = _knots_list(ops, _softmax_list(ops, col[K:2 * K], mh), B)
+    zero = col[0] * 0.0
+    rd = [zero] + col[2 * K:] + [zero]
+    search = ye if inverse else xe
+    xk, xk1, yk, yk1, rk, rk1 = xe[0], xe[1], ye[0], ye[1], rd[0], rd[1]
+    for j in range(1, K):
+        above = ops.ge(xc, search[j])
+        xk, xk1 = ops.where(above, xe[j], xk), ops.where(above, xe[j + 1], xk1)
+        yk, yk1 = ops.where(above, ye[j], yk), ops.where(above, ye[j + 1], yk1)
+        rk, rk1 = ops.where(above, rd[j], rk), ops.where(above, rd[j + 1], rk1)
+    return xk, xk1, yk, yk1, rk, rk1
+
+
+def _softmax_list(ops, a, floor):
+    """``floor + (1 - K floor) softmax(a)`` over a list of K arrays."""
+    m = a[0]
+    for v in a[1:]:
+        m = ops.maximum(m, v)
+    e = [ops.exp(v - m) for v in a]
+    total = e[0]
+    for v in e[1:]:
+        total = total + v
+    scale = (1.0 - floor * len(a)) / total
+    return [v * scale + floor for v in e]
+
+
+def _knots_list(ops, widths, B):
+    """Knot positions ``-B, -B + 2B w_0, ..., B`` from K bin widths (summing to 1)."""
+    out, acc = [], None
+    for v in widths[:-1]:
+        acc = v if acc is None else acc + v
+        out.append(acc * (2 * B) - B)
+    first = widths[0] * 0.0
+    return [first - B] + out + [first + B]
 
 
 # ---------------------------------------------------------------- networks

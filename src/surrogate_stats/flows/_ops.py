@@ -20,11 +20,20 @@ OPSET = 17
 
 
 class JaxOps:
-    """The vocabulary on ``jax.numpy`` arrays (differentiable, jit-able)."""
+    """The vocabulary on ``jax.numpy`` arrays (differentiable, jit-able).
 
-    def __init__(self, dtype=None):
+    ``unroll_bins=True`` makes the spline work on one ``(N, n)`` array per bin instead of
+    ``(N, n, K)`` arrays (see :func:`surrogate_stats.flows._flow.rq_spline`): faster for large
+    batches of events in inference, much slower in small training batches (many more, tiny
+    operations), so it is off by default.
+    """
+
+    unroll_bins = False
+
+    def __init__(self, dtype=None, *, unroll_bins: bool = False):
         self.jnp = optional_import("jax.numpy")
         self.dtype = dtype
+        self.unroll_bins = bool(unroll_bins)
 
     def const(self, a):
         return self.jnp.asarray(a, dtype=self.dtype)
@@ -49,6 +58,13 @@ class JaxOps:
 
     def abs(self, a):
         return self.jnp.abs(a)
+
+    def maximum(self, a, b):
+        return self.jnp.maximum(a, b)
+
+    def col(self, a, j):
+        """``a[..., j]``: one entry of the last axis."""
+        return a[..., j]
 
     def softplus(self, a):
         return self.relu(a) + self.log(1.0 + self.exp(-self.abs(a)))
@@ -121,9 +137,10 @@ class JaxOps:
 class NumpyOps(JaxOps):
     """The vocabulary on numpy arrays (no JAX needed)."""
 
-    def __init__(self, dtype=np.float64):
+    def __init__(self, dtype=np.float64, *, unroll_bins: bool = False):
         self.jnp = np
         self.dtype = dtype
+        self.unroll_bins = bool(unroll_bins)
 
 
 class Sym:
@@ -175,6 +192,8 @@ class Sym:
 
 class OnnxOps:
     """The vocabulary recorded as ONNX nodes (:meth:`input` ... :meth:`model`)."""
+
+    unroll_bins = False  # GatherElements on (N, n, K) arrays: fewer nodes
 
     def __init__(self, dtype: str = "float32"):
         self.onnx = optional_import("onnx")
