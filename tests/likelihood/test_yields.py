@@ -209,6 +209,40 @@ def test_gradient_term_fits_the_radial_derivative(tiny_labels, sbottom_model):
     assert errors[1] < 0.7 * errors[0]
 
 
+def test_random_direction_gradient_fits_derivatives_across_rays(tiny_labels, sbottom_model):
+    """``gradient_direction="random"`` fits the exact gradient off the rays too: the
+    network's derivative along fresh random directions is closer to the labels' than with
+    values alone or with the derivative along the ray."""
+    import jax
+
+    from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig, fit_yield_surrogate
+    from surrogate_stats.train import TrainConfig
+
+    labels, _ = tiny_labels
+    use = labels.usable & (labels.tmu_observed <= 9)
+    y = labels.y[use]
+    rng = np.random.default_rng(5)  # not the training's directions
+    xi = rng.normal(size=y.shape)
+    d = (xi / np.linalg.norm(xi, axis=1, keepdims=True)
+         * np.linalg.norm(y / labels.scale, axis=1, keepdims=True) * labels.scale)
+    want = np.einsum("nb,ndb->nd", d, labels.gradient[use])
+    errors = {}
+    for gw, direction in ((0.0, "ray"), (1.0, "ray"), (1.0, "random")):
+        cfg = YieldSurrogateConfig(
+            hidden=(16, 16), gradient_weight=gw, gradient_direction=direction, ensemble=1,
+            train=TrainConfig(learning_rate=3e-3, steps=750, chunk=250, patience=3,
+                              polish_steps=0))
+        sur, _ = fit_yield_surrogate(jax.random.key(0), labels, config=cfg, progress=False,
+                                     bins=sbottom_model.bins)
+        h = 1e-5
+        # central differences where y +- h d stays non-negative (yields must be >= 0)
+        ok = np.all(y - h * np.abs(d) >= 0, axis=1)
+        got = (sur.delta_nll(y[ok] + h * d[ok]) - sur.delta_nll(y[ok] - h * d[ok])) / (2 * h)
+        errors[(gw, direction)] = np.sqrt(np.mean((got - want[ok]) ** 2))
+    assert errors[(1.0, "random")] < 0.7 * errors[(0.0, "ray")]
+    assert errors[(1.0, "random")] < 0.7 * errors[(1.0, "ray")]
+
+
 def test_merged_ensemble_is_the_mean_of_its_members():
     from surrogate_stats.likelihood._yields_surrogate import YieldNetwork
     from surrogate_stats.likelihood._yields_train import merge_ensemble
@@ -272,7 +306,9 @@ def test_ray_minima_are_observed_best_fits(tiny_labels, sbottom_model):
 @pytest.mark.parametrize("bad", [{"baseline": "poisson"}, {"hidden": ()}, {"hidden": (8, 0)},
                                  {"val_fraction": 0.7}, {"gradient_weight": -1.0},
                                  {"gradient_weight": float("nan")}, {"ensemble": 0},
-                                 {"ensemble": 1.5}])
+                                 {"ensemble": 1.5}, {"gradient_direction": "across"},
+                                 {"gradient_direction": "random", "baseline":
+                                  "effective_poisson"}])
 def test_bad_yield_surrogate_config_is_refused(bad):
     from surrogate_stats.likelihood._yields_train import YieldSurrogateConfig
 

@@ -41,6 +41,11 @@ def register_likelihood(lsub) -> None:
     tr.add_argument("--ensemble", type=int, default=None,
                     help="networks averaged into the published one (5; N trains N times as "
                          "long as one)")
+    tr.add_argument("--gradient-weight", type=float, default=None,
+                    help="weight of the exact-gradient term of the loss (0: values only)")
+    tr.add_argument("--gradient-direction", choices=("ray", "random"), default=None,
+                    help="derivative fitted by the gradient term: along each point's ray, or "
+                         "along a random direction per point (docs/yields.md)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--keep-labels", action="store_true",
                     help="keep the label store OUT.labels after success")
@@ -105,6 +110,10 @@ def _train_yields(args) -> int:
         surrogate = replace(surrogate, train=replace(surrogate.train, steps=args.max_steps))
     if args.ensemble is not None:
         surrogate = replace(surrogate, ensemble=args.ensemble)
+    if args.gradient_weight is not None:
+        surrogate = replace(surrogate, gradient_weight=args.gradient_weight)
+    if args.gradient_direction is not None:
+        surrogate = replace(surrogate, gradient_direction=args.gradient_direction)
     if args.hidden:
         try:
             surrogate = replace(surrogate, hidden=tuple(int(h) for h in _csv(args.hidden)))

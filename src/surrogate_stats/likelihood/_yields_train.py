@@ -37,6 +37,13 @@ class YieldSurrogateConfig:
             label carries the exact gradient of its profiled -ln L in the yields; the network
             is also fitted to the derivative along the point's signal ray,
             ``d/dmu nll(mu s) = s . grad``, which is what -2 ln lambda along a ray integrates.
+        gradient_direction: which derivative the gradient term fits: ``"ray"``, the
+            derivative along the point's own signal ray (``y . grad``), or ``"random"``, the
+            derivative along one random direction per point (isotropic in the yields in units
+            of each bin's sensitivity, as long as the point's own yield vector). Values along
+            a ray already fix the derivative along it; a random direction also constrains how
+            -ln L changes *across* rays, which is where the network interpolates between the
+            sampled signal shapes.
         ensemble: networks trained from different initialisations on the same split and
             averaged. The average is itself one tanh MLP (the members side by side, block-
             diagonal hidden weights, the output layer divided by their number), so the artifact
@@ -58,6 +65,7 @@ class YieldSurrogateConfig:
     baseline: str = "none"
     ray_minima: bool = False
     gradient_weight: float = 0.0
+    gradient_direction: str = "ray"
     ensemble: int = 5
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         learning_rate=3e-3, steps=12000, chunk=250, patience=48, polish_steps=300,
@@ -72,6 +80,12 @@ class YieldSurrogateConfig:
         if not (self.gradient_weight >= 0 and np.isfinite(self.gradient_weight)):
             raise InvalidInput(f"gradient_weight must be a finite number >= 0; got "
                                f"{self.gradient_weight}")
+        if self.gradient_direction not in ("ray", "random"):
+            raise InvalidInput(f"gradient_direction must be 'ray' or 'random'; got "
+                               f"{self.gradient_direction!r}")
+        if self.gradient_direction == "random" and self.baseline != "none":
+            raise InvalidInput("gradient_direction='random' needs baseline='none' (the "
+                               "baseline's derivative is only available along the ray)")
         if int(self.ensemble) != self.ensemble or self.ensemble < 1:
             raise InvalidInput(f"ensemble must be an integer >= 1; got {self.ensemble}")
         if not 0 < self.val_fraction < 0.5:
@@ -153,8 +167,14 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
         baseline = YieldBaseline.effective_poisson(labels.gradient0, labels.information0)
     g = labels.nll[use] - labels.nll0[None, :]
     use_gradient = config.gradient_weight > 0 and labels.gradient is not None
-    # the derivative along each point's ray, y . grad (N, 4), in -ln L
-    r = (np.einsum("nb,ndb->nd", y, labels.gradient[use]) if use_gradient
+    # the derivative along a tangent per point (its own ray, y, or a random direction of the
+    # same length in units of the bins' sensitivity), tangent . grad (N, 4), in -ln L
+    tangent = y
+    if use_gradient and config.gradient_direction == "random":
+        xi = np.asarray(jax.random.normal(jax.random.fold_in(key, 11), y.shape))
+        u_len = np.linalg.norm(y / labels.scale, axis=1, keepdims=True)
+        tangent = xi / np.linalg.norm(xi, axis=1, keepdims=True) * u_len * labels.scale
+    r = (np.einsum("nb,ndb->nd", tangent, labels.gradient[use]) if use_gradient
          else np.zeros_like(g))
     mask_r = np.full_like(g, 1.0 if use_gradient else 0.0)
     tmu = np.nan_to_num(labels.tmu_observed[use], nan=config.tmu_core)
@@ -172,11 +192,13 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
             mask = np.concatenate([mask, m_hat])
             t_d = np.concatenate([t_d, np.zeros_like(m_hat)])
             r = np.concatenate([r, np.zeros_like(m_hat)])
+            tangent = np.concatenate([tangent, y_hat])
             mask_r = np.concatenate([mask_r, np.zeros_like(m_hat)])
     resid = g - baseline(y)
     resid_r = (r - baseline.radial(y)) * mask_r
     scale = labels.scale
     u = y / scale
+    v = tangent / scale
     feats = np.concatenate([u, np.log1p(u)], axis=1)
     mean, std = feats.mean(0), np.maximum(feats.std(0), 1e-6)
     z0 = (np.concatenate([np.zeros(len(scale)), np.zeros(len(scale))]) - mean) / std
@@ -203,17 +225,17 @@ def fit_yield_surrogate(key, labels: YieldLabels, *, config: YieldSurrogateConfi
             return _apply(layers, (jnp.concatenate([uu, jnp.log1p(uu)], axis=1) - meanj) / stdj)
 
         def loss_fn(layers, batch):
-            uu, tt, ww, tr_, wr = batch
+            uu, tt, ww, tr_, wr, vv = batch
             if not use_gradient:
                 pred = net_u(layers, uu) - _apply(layers, z0j)
                 return jnp.mean(ww * (pred - tt) ** 2)
-            # the network is row-wise: a jvp with tangent u is each row's u . grad_u
-            out, radial = jax.jvp(lambda v: net_u(layers, v), (uu,), (uu,))
+            # the network is row-wise: a jvp with tangents v is each row's v . grad_u
+            out, radial = jax.jvp(lambda x: net_u(layers, x), (uu,), (vv,))
             pred = out - _apply(layers, z0j)
             return jnp.mean(ww * (pred - tt) ** 2 + wr * (radial - tr_) ** 2)
 
         def part(idx):
-            return tuple(jnp.asarray(a[idx]) for a in (u, target, w, target_r, w_r))
+            return tuple(jnp.asarray(a[idx]) for a in (u, target, w, target_r, w_r, v))
 
         n_members = int(config.ensemble)
         keys = list(zip(member_keys(k_init, n_members), member_keys(k_fit, n_members)))
